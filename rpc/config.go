@@ -1,0 +1,163 @@
+package rpc
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults of Config. Each is a limit that, when hit, gives a clear error to
+// the caller rather than a hang or a crash.
+const (
+	// DefaultMaxMessageSize bounds one request or reply payload: 4 MiB, as
+	// grpc-go's receive limit. Bulk data belongs on streams, which have no
+	// size limit (yamux flow control bounds their memory instead).
+	DefaultMaxMessageSize = 4 << 20
+	// DefaultMaxConcurrentCalls bounds the calls and streams one peer may
+	// have running on this node at once. Each costs a goroutine; 1024 per
+	// peer keeps a hostile or buggy peer from taking the node's memory.
+	DefaultMaxConcurrentCalls = 1024
+	// DefaultHandshakeTimeout bounds the time from accepting (or dialing) a
+	// connection to its first usable call: TLS and the hello exchange. A peer
+	// that connects and says nothing is cut off after it.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultStreamWindow is yamux's per-stream receive window: 256 KiB,
+	// yamux's own default. Larger windows speed bulk streams on long fat
+	// links and cost memory per stream.
+	DefaultStreamWindow = 256 << 10
+)
+
+// Config configures a connection. The zero value is valid: every field has a
+// documented default. A Config may be shared by many connections and must
+// not be changed once in use.
+type Config struct {
+	// ID is this node's ID, told to the peer in the handshake. With TLS it is
+	// derived from the certificate (see IDFromCertificate) and must be empty
+	// or equal to that. Default: a random ID (see NewID).
+	ID string
+
+	// Mux serves the peer's calls and streams. Nil means none: every call
+	// is answered with CodeUnknownMethod.
+	Mux *Mux
+
+	// Codec encodes arguments and replies that are not []byte and *[]byte.
+	// Default: CBOR, with decode limits (see CBOR).
+	Codec Codec
+
+	// TLS, when set, runs mutual TLS over the connection before the
+	// handshake. The peer's ID is then derived from its certificate's public
+	// key, so no one can claim another's ID; see TLSConfig.
+	TLS *tls.Config
+
+	// ExpectID, for Client: refuse the peer unless its ID is this one. With
+	// TLS the check is authenticated; without, it guards against dialing the
+	// wrong node, not against an impostor.
+	ExpectID string
+
+	// MaxMessageSize bounds one request or reply payload, in bytes.
+	// Default DefaultMaxMessageSize. The peer learns it in the handshake, so
+	// its oversize calls fail on its side before they are sent.
+	MaxMessageSize int
+
+	// MaxConcurrentCalls bounds the calls and streams the peer may have
+	// running here at once. Default DefaultMaxConcurrentCalls. The peer learns
+	// it in the handshake and fails its excess calls with ErrTooManyCalls
+	// before they are sent.
+	MaxConcurrentCalls int
+
+	// HandshakeTimeout bounds TLS plus the hello exchange. Default
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+
+	// StreamWindow is the receive window of each yamux stream, in bytes.
+	// Default DefaultStreamWindow; values below it are raised to it.
+	StreamWindow uint32
+
+	// WriteTimeout is how long a write may sit in yamux's queue before yamux
+	// gives up on the connection. It is a last resort: liveness (package
+	// liveness, wired by package peer) decides when a peer is dead, and a
+	// write blocked in the kernel is not a verdict by itself (yamux issue
+	// 142). Default 2 minutes.
+	WriteTimeout time.Duration
+
+	// Logger receives the connection's logs, yamux's own included (at Debug:
+	// a connection's death is reported once, by whoever evicts it). Default:
+	// none.
+	Logger *zap.Logger
+
+	// Label names the peer in errors and logs until the handshake tells its
+	// ID (usually its address). Optional.
+	Label string
+}
+
+// resolved returns a copy with every default filled in.
+func (c *Config) resolved() (*Config, error) {
+	var r Config
+	if c != nil {
+		r = *c
+	}
+	if r.Codec == nil {
+		r.Codec = CBOR
+	}
+	if r.MaxMessageSize <= 0 {
+		r.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if r.MaxMessageSize > 1<<31-1 {
+		return nil, fmt.Errorf("rpc: MaxMessageSize %d exceeds 2 GiB", r.MaxMessageSize)
+	}
+	if r.MaxConcurrentCalls <= 0 {
+		r.MaxConcurrentCalls = DefaultMaxConcurrentCalls
+	}
+	if r.HandshakeTimeout <= 0 {
+		r.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if r.StreamWindow < DefaultStreamWindow {
+		r.StreamWindow = DefaultStreamWindow
+	}
+	if r.WriteTimeout <= 0 {
+		r.WriteTimeout = 2 * time.Minute
+	}
+	if r.Logger == nil {
+		r.Logger = zap.NewNop()
+	}
+	if r.TLS != nil {
+		id, err := localTLSID(r.TLS)
+		if err != nil {
+			return nil, err
+		}
+		if r.ID != "" && r.ID != id {
+			return nil, fmt.Errorf("rpc: Config.ID %q differs from the ID of the TLS certificate %q", r.ID, id)
+		}
+		r.ID = id
+	}
+	if r.ID == "" {
+		r.ID = NewID()
+	}
+	if len(r.ID) > maxIDLen {
+		return nil, fmt.Errorf("rpc: Config.ID is %d bytes, more than %d", len(r.ID), maxIDLen)
+	}
+	return &r, nil
+}
+
+var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// NewID returns a random node ID: 26 lower-case base32 characters (128 bits).
+func NewID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return lower(idEncoding.EncodeToString(b[:]))
+}
+
+func lower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}

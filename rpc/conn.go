@@ -1,0 +1,756 @@
+package rpc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"go.uber.org/zap"
+)
+
+// Conn is one connection to a peer: a yamux session over TCP or TLS that
+// carries calls in both directions on one control stream, and bulk data on
+// streams of their own. Create one with Client or Server.
+//
+// A Conn is like a context: once dead it stays dead. Done is closed at the
+// instant it dies, and from then on every call fails at once with a
+// *DeadError (errors.Is(err, ErrDeadReference)), without any I/O.
+type Conn struct {
+	cfg      *Config
+	remoteID string
+	remote   hello // the peer's limits
+	server   bool
+
+	wire *wireConn
+	sess *yamux.Session
+	ctrl *yamux.Stream
+	base context.Context // parent of handler contexts; carries the Conn
+
+	mu      sync.Mutex
+	pending map[uint64]*call       // our calls awaiting an answer
+	serving map[uint64]*serverCall // the peer's calls and streams running here
+	probes  map[uint64]probe       // our pings awaiting a pong
+	nextID  uint64                 // last call or stream ID issued
+	probeID uint64                 // last ping nonce issued
+	dead    *DeadError
+
+	closed atomic.Bool
+	done   chan struct{}
+
+	wmu      sync.Mutex
+	ctlq, wq []outFrame // control frames go first
+	spareCtl []outFrame
+	spareQ   []outFrame
+	writing  bool
+	wclosed  bool
+	batch    []byte
+
+	wg sync.WaitGroup // reader, acceptor, writer
+
+	stats connStats
+}
+
+type connStats struct {
+	callsOut, callsIn       atomic.Uint64
+	lateResponses           atomic.Uint64
+	unsent, cancelsSent     atomic.Uint64
+	rejected, handlerPanics atomic.Uint64
+}
+
+// Stats counts what a connection did. Every field is cumulative.
+type Stats struct {
+	CallsOut       uint64 // calls made to the peer
+	CallsIn        uint64 // calls and streams the peer made to us
+	LateResponses  uint64 // answers that arrived after their caller gave up: dropped
+	Unsent         uint64 // calls cancelled before their request was written: never sent
+	CancelsSent    uint64 // "nevermind" frames sent for calls already written
+	Rejected       uint64 // the peer's calls refused: unknown method, over a limit
+	HandlerPanics  uint64 // handlers that panicked (answered with CodeInternal)
+	Outstanding    int    // our calls awaiting an answer now
+	Serving        int    // the peer's calls and streams running here now
+	BytesReceived  uint64 // bytes read from the transport
+	LastReceived   time.Time
+	LastSent       time.Time
+	RemoteMaxCalls int // the peer's limit on our concurrent calls
+	RemoteMaxSize  int // the peer's limit on one message
+}
+
+// call is one outgoing call. Calls are pooled; a call whose caller gave up
+// is left to the garbage collector, because the writer may still hold it.
+type call struct {
+	state atomic.Uint32
+	buf   []byte // the whole request frame
+	resp  []byte
+	err   error
+	done  chan struct{} // buffered: the reader never blocks on it
+}
+
+const (
+	stateQueued    = 0 // in the writer's queue
+	stateSent      = 1 // the writer took it: on the wire or about to be
+	stateCancelled = 2 // the caller gave up before the writer took it
+)
+
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+
+func getCall() *call {
+	cl := callPool.Get().(*call)
+	cl.state.Store(stateQueued)
+	return cl
+}
+
+func putCall(cl *call) {
+	cl.resp, cl.err = nil, nil
+	if cap(cl.buf) > 64<<10 {
+		cl.buf = nil
+	}
+	callPool.Put(cl)
+}
+
+type serverCall struct {
+	cancel    context.CancelFunc
+	cancelled bool // the caller gave up: no answer is sent
+}
+
+type probe struct {
+	sent int64
+	fn   func(time.Duration)
+}
+
+// outFrame is one frame waiting for the writer.
+type outFrame struct {
+	kind kind
+	id   uint64
+	buf  []byte        // a whole request frame (call != nil), or a payload
+	call *call         // for requests: skipped unless still queued
+	sent chan struct{} // for goaway: closed once written
+}
+
+func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, remote *hello, server bool) *Conn {
+	c := &Conn{
+		cfg:      cfg,
+		remoteID: remote.id,
+		remote:   *remote,
+		server:   server,
+		wire:     w,
+		sess:     sess,
+		ctrl:     ctrl,
+		pending:  make(map[uint64]*call),
+		serving:  make(map[uint64]*serverCall),
+		probes:   make(map[uint64]probe),
+		done:     make(chan struct{}),
+	}
+	c.base = context.WithValue(context.Background(), connKey{}, c)
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.acceptLoop()
+	return c
+}
+
+type connKey struct{}
+
+// FromContext returns the connection a handler's call came in on, or nil.
+func FromContext(ctx context.Context) *Conn {
+	c, _ := ctx.Value(connKey{}).(*Conn)
+	return c
+}
+
+// RemoteID is the peer's node ID, as told in the handshake (and, with TLS,
+// derived from its certificate).
+func (c *Conn) RemoteID() string { return c.remoteID }
+
+// LocalID is this node's ID.
+func (c *Conn) LocalID() string { return c.cfg.ID }
+
+// RemoteAddr is the peer's network address.
+func (c *Conn) RemoteAddr() net.Addr { return c.wire.RemoteAddr() }
+
+// LocalAddr is this side's network address.
+func (c *Conn) LocalAddr() net.Addr { return c.wire.LocalAddr() }
+
+// NetConn returns the transport under yamux (a *tls.Conn with TLS), for
+// kernel-level evidence such as TCP_INFO.
+func (c *Conn) NetConn() net.Conn { return c.wire.Conn }
+
+// Done is closed when the connection dies.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is nil while the connection lives; then a *DeadError.
+func (c *Conn) Err() error {
+	if !c.closed.Load() {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dead
+}
+
+// LastReceived is when bytes last arrived from the peer: any inbound frame
+// is evidence of life.
+func (c *Conn) LastReceived() time.Time { return monoTime(c.wire.lastRecv.Load()) }
+
+// LastSent is when bytes were last written to the transport.
+func (c *Conn) LastSent() time.Time { return monoTime(c.wire.lastSend.Load()) }
+
+// Outstanding is the number of our calls awaiting an answer.
+func (c *Conn) Outstanding() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
+}
+
+// Stats returns the connection's counters.
+func (c *Conn) Stats() Stats {
+	c.mu.Lock()
+	out, serving := len(c.pending), len(c.serving)
+	c.mu.Unlock()
+	return Stats{
+		CallsOut:       c.stats.callsOut.Load(),
+		CallsIn:        c.stats.callsIn.Load(),
+		LateResponses:  c.stats.lateResponses.Load(),
+		Unsent:         c.stats.unsent.Load(),
+		CancelsSent:    c.stats.cancelsSent.Load(),
+		Rejected:       c.stats.rejected.Load(),
+		HandlerPanics:  c.stats.handlerPanics.Load(),
+		Outstanding:    out,
+		Serving:        serving,
+		BytesReceived:  c.wire.recvd.Load(),
+		LastReceived:   c.LastReceived(),
+		LastSent:       c.LastSent(),
+		RemoteMaxCalls: int(c.remote.maxCalls),
+		RemoteMaxSize:  int(c.remote.maxMessage),
+	}
+}
+
+func (c *Conn) deadErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dead
+}
+
+// Call calls method on the peer and waits for its answer.
+//
+// args may be []byte, passed raw, or any value the Config's Codec encodes;
+// reply may be *[]byte, which receives the raw answer, nil to discard it, or
+// a pointer the Codec decodes into. The request is copied before it is
+// queued, so args may be reused as soon as Call returns.
+//
+// ctx's deadline travels with the request as a relative timeout and bounds
+// the handler's context. When ctx ends first, Call returns ctx.Err() at once;
+// a request not yet written is never written, and one already written is
+// followed by a cancel frame that ends the handler's context.
+//
+// Errors: a *DeadError when the connection is or goes dead; a *RemoteError
+// when the handler fails or the peer refuses the call; ErrMessageTooLarge and
+// ErrTooManyCalls, before any I/O, when the peer's limits forbid the call.
+func (c *Conn) Call(ctx context.Context, method string, args, reply any) error {
+	if c.closed.Load() {
+		return c.deadErr()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(method) == 0 || len(method) > maxMethodLen {
+		return fmt.Errorf("rpc: method name of %d bytes: it must be 1 to %d", len(method), maxMethodLen)
+	}
+	a, err := encodeArgs(c.cfg.Codec, args)
+	if err != nil {
+		return err
+	}
+	if len(a) > int(c.remote.maxMessage) {
+		return fmt.Errorf("rpc: %w: a %d-byte request to %s exceeds the peer's limit of %d bytes",
+			ErrMessageTooLarge, len(a), method, c.remote.maxMessage)
+	}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		if timeout = time.Until(dl); timeout <= 0 {
+			return context.DeadlineExceeded
+		}
+	}
+
+	cl := getCall()
+	c.mu.Lock()
+	if c.dead != nil {
+		c.mu.Unlock()
+		callPool.Put(cl)
+		return c.deadErr()
+	}
+	if len(c.pending) >= int(c.remote.maxCalls) {
+		n := len(c.pending)
+		c.mu.Unlock()
+		callPool.Put(cl)
+		return fmt.Errorf("rpc: %w: %d calls outstanding to %s, its limit", ErrTooManyCalls, n, c.remoteID)
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = cl
+	c.mu.Unlock()
+
+	cl.buf = appendRequest(cl.buf[:0], kindRequest, id, timeout, method, a)
+	c.stats.callsOut.Add(1)
+	c.enqueue(outFrame{kind: kindRequest, id: id, buf: cl.buf, call: cl}, false)
+
+	select {
+	case <-cl.done:
+		resp, err := cl.resp, cl.err
+		putCall(cl)
+		if err != nil {
+			if re, ok := err.(*RemoteError); ok {
+				re.Method = method
+			}
+			return err
+		}
+		return decodeReply(c.cfg.Codec, resp, reply)
+	case <-ctx.Done():
+		c.abandon(id, cl)
+		return ctx.Err()
+	}
+}
+
+// abandon takes back a call whose caller gave up.
+func (c *Conn) abandon(id uint64, cl *call) {
+	c.mu.Lock()
+	_, mine := c.pending[id]
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if !mine {
+		return // answered or failed meanwhile
+	}
+	if cl.state.CompareAndSwap(stateQueued, stateCancelled) {
+		c.stats.unsent.Add(1) // "nevermind" before it went out: nothing to tell
+		return
+	}
+	c.stats.cancelsSent.Add(1)
+	c.enqueue(outFrame{kind: kindCancel, id: id}, true)
+}
+
+// Probe sends a liveness probe. fn gets the round trip when the answer
+// arrives; it runs on the connection's reader and must not block. If the
+// connection dies first, fn is never called. Probe never blocks. The answer
+// comes from the peer's dispatcher, so a hung process does not answer even
+// when its kernel still acknowledges our bytes.
+func (c *Conn) Probe(fn func(rtt time.Duration)) error {
+	c.mu.Lock()
+	if c.dead != nil {
+		c.mu.Unlock()
+		return c.deadErr()
+	}
+	c.probeID++
+	nonce := c.probeID
+	c.probes[nonce] = probe{sent: nanotime(), fn: fn}
+	if len(c.probes) > maxProbes {
+		delete(c.probes, nonce-maxProbes) // forget the oldest unanswered
+	}
+	c.mu.Unlock()
+	c.enqueue(outFrame{kind: kindPing, id: nonce}, true)
+	return nil
+}
+
+const maxProbes = 64
+
+// Ping sends a probe and waits for its answer.
+func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
+	ch := make(chan time.Duration, 1)
+	if err := c.Probe(func(d time.Duration) { ch <- d }); err != nil {
+		return 0, err
+	}
+	select {
+	case d := <-ch:
+		return d, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-c.done:
+		return 0, c.deadErr()
+	}
+}
+
+// Abort kills the connection at once with cause: every outstanding call
+// fails with a *DeadError wrapping cause, every handler serving the peer has
+// its context cancelled, and the transport is closed. It returns how many
+// outstanding calls it failed. Only the first Abort (or Close) counts.
+func (c *Conn) Abort(cause error) int {
+	if cause == nil {
+		cause = ErrClosed
+	}
+	c.mu.Lock()
+	if c.dead != nil {
+		c.mu.Unlock()
+		return 0
+	}
+	c.dead = &DeadError{Peer: c.remoteID, Cause: cause}
+	c.closed.Store(true)
+	pending, serving := c.pending, c.serving
+	c.pending, c.serving, c.probes = nil, nil, nil
+	c.mu.Unlock()
+
+	c.wmu.Lock()
+	c.wclosed = true
+	c.ctlq, c.wq = nil, nil
+	c.wmu.Unlock()
+
+	for _, cl := range pending {
+		cl.err = c.dead
+		cl.done <- struct{}{}
+	}
+	for _, sc := range serving {
+		sc.cancel()
+	}
+	close(c.done)
+	if errors.Is(cause, ErrProtocolViolation) {
+		c.cfg.Logger.Error("protocol violation: connection closed",
+			zap.String("peer", c.remoteID), zap.Stringer("addr", c.RemoteAddr()), zap.Error(cause))
+	}
+	c.sess.Close()
+	return len(pending)
+}
+
+// Close says goodbye to the peer (so it evicts this connection at once
+// rather than waiting for missed heartbeats), then aborts the connection with
+// ErrClosed and waits for its goroutines. Handlers still running are
+// cancelled but not waited for.
+func (c *Conn) Close() error {
+	sent := make(chan struct{})
+	if c.enqueue(outFrame{kind: kindGoAway, buf: []byte("closed"), sent: sent}, true) {
+		t := time.NewTimer(goAwayWait)
+		select {
+		case <-sent:
+		case <-t.C:
+		case <-c.done:
+		}
+		t.Stop()
+	}
+	c.Abort(ErrClosed)
+	c.wg.Wait()
+	return nil
+}
+
+// goAwayWait bounds how long Close waits for its goodbye to be written.
+const goAwayWait = 250 * time.Millisecond
+
+// enqueue hands a frame to the writer. It returns false when the connection
+// is dead.
+func (c *Conn) enqueue(f outFrame, control bool) bool {
+	c.wmu.Lock()
+	if c.wclosed {
+		c.wmu.Unlock()
+		return false
+	}
+	if control {
+		c.ctlq = append(c.ctlq, f)
+	} else {
+		c.wq = append(c.wq, f)
+	}
+	start := !c.writing
+	if start {
+		c.writing = true
+		c.wg.Add(1)
+	}
+	c.wmu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+	return true
+}
+
+// writeLoop runs while frames are queued: one goroutine, started on demand,
+// so an idle connection costs no writer goroutine. Everything queued at once
+// goes out in one write, control frames first.
+func (c *Conn) writeLoop() {
+	defer c.wg.Done()
+	for {
+		c.wmu.Lock()
+		if c.wclosed || (len(c.ctlq) == 0 && len(c.wq) == 0) {
+			c.writing = false
+			c.wmu.Unlock()
+			return
+		}
+		ctl, q := c.ctlq, c.wq
+		c.ctlq, c.wq = c.spareCtl[:0], c.spareQ[:0]
+		c.wmu.Unlock()
+
+		err := c.writeBatch(ctl, q)
+		clear(ctl)
+		clear(q)
+
+		c.wmu.Lock()
+		c.spareCtl, c.spareQ = ctl[:0], q[:0]
+		c.wmu.Unlock()
+		if err != nil {
+			c.Abort(c.transportCause(err))
+			c.wmu.Lock()
+			c.writing = false
+			c.wmu.Unlock()
+			return
+		}
+	}
+}
+
+// directWrite is the size above which a frame is written on its own rather
+// than copied into the batch.
+const directWrite = 32 << 10
+
+func (c *Conn) writeBatch(ctl, q []outFrame) error {
+	b := c.batch[:0]
+	var sent []chan struct{}
+	for _, f := range ctl {
+		b = appendHeader(b, f.kind, len(f.buf), f.id)
+		b = append(b, f.buf...)
+		if f.sent != nil {
+			sent = append(sent, f.sent)
+		}
+	}
+	for _, f := range q {
+		if f.call != nil && !f.call.state.CompareAndSwap(stateQueued, stateSent) {
+			continue // the caller gave up: never written
+		}
+		if f.call == nil { // a response or error: header here, payload in buf
+			b = appendHeader(b, f.kind, len(f.buf), f.id)
+		}
+		if len(f.buf) < directWrite {
+			b = append(b, f.buf...)
+			continue
+		}
+		if len(b) > 0 {
+			if _, err := c.ctrl.Write(b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
+		if _, err := c.ctrl.Write(f.buf); err != nil {
+			return err
+		}
+	}
+	if len(b) > 0 {
+		if _, err := c.ctrl.Write(b); err != nil {
+			return err
+		}
+	}
+	if cap(b) <= 1<<20 {
+		c.batch = b[:0]
+	} else {
+		c.batch = nil
+	}
+	for _, s := range sent {
+		close(s)
+	}
+	return nil
+}
+
+// transportCause explains why the transport failed, preferring what the
+// socket said over what yamux made of it.
+func (c *Conn) transportCause(err error) error {
+	if terr := c.wire.transportErr(); terr != nil {
+		err = terr
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("connection closed by the peer in the middle of a frame: %w", err)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrSessionShutdown) {
+		return fmt.Errorf("connection closed by the peer: %w", io.EOF)
+	}
+	return err
+}
+
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	r := bufio.NewReaderSize(c.ctrl, 16<<10)
+	var hbuf [headerSize]byte
+	for {
+		h, p, err := readFrame(r, hbuf[:], c.cfg.MaxMessageSize)
+		if err == nil {
+			err = c.handleFrame(h, p)
+		} else if !errors.Is(err, ErrProtocolViolation) {
+			err = c.transportCause(err)
+		}
+		if err != nil {
+			c.Abort(err)
+			return
+		}
+	}
+}
+
+func (c *Conn) handleFrame(h header, p []byte) error {
+	switch h.kind {
+	case kindRequest:
+		return c.serveCall(h.id, p)
+	case kindResponse, kindError:
+		return c.finishCall(h, p)
+	case kindCancel:
+		c.mu.Lock()
+		if sc := c.serving[h.id]; sc != nil && !sc.cancelled {
+			sc.cancelled = true
+			sc.cancel()
+		}
+		c.mu.Unlock()
+	case kindPing:
+		c.enqueue(outFrame{kind: kindPong, id: h.id}, true)
+	case kindPong:
+		return c.finishProbe(h.id)
+	case kindGoAway:
+		return fmt.Errorf("%w: %q", ErrPeerLeft, p)
+	default:
+		return violation("%v frame on the control stream", h.kind)
+	}
+	return nil
+}
+
+func (c *Conn) finishCall(h header, p []byte) error {
+	c.mu.Lock()
+	cl, ok := c.pending[h.id]
+	if ok && cl.state.Load() == stateQueued {
+		c.mu.Unlock()
+		return violation("answer to call %d before it was sent", h.id)
+	}
+	delete(c.pending, h.id)
+	issued := c.nextID
+	c.mu.Unlock()
+	if !ok {
+		if h.id == 0 || h.id > issued {
+			return violation("answer to call %d, which was never made", h.id)
+		}
+		c.stats.lateResponses.Add(1) // its caller gave up: drop, never log one by one
+		return nil
+	}
+	if h.kind == kindError {
+		re, err := parseError(p)
+		if err != nil {
+			cl.err = err
+			cl.done <- struct{}{}
+			return err
+		}
+		cl.err = re
+	} else {
+		cl.resp = p
+	}
+	cl.done <- struct{}{}
+	return nil
+}
+
+func (c *Conn) finishProbe(nonce uint64) error {
+	c.mu.Lock()
+	pr, ok := c.probes[nonce]
+	delete(c.probes, nonce)
+	issued := c.probeID
+	c.mu.Unlock()
+	if !ok {
+		if nonce == 0 || nonce > issued {
+			return violation("pong %d for a ping never sent", nonce)
+		}
+		return nil // forgotten: too old
+	}
+	pr.fn(time.Duration(nanotime() - pr.sent))
+	return nil
+}
+
+// admit registers one of the peer's calls or streams, or says why not. The
+// context it returns ends at the timeout, if any, or when released.
+func (c *Conn) admit(id uint64, timeout time.Duration) (context.Context, *serverCall, Code, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead != nil {
+		return nil, nil, CodeUnavailable, c.dead
+	}
+	if _, dup := c.serving[id]; dup {
+		return nil, nil, 0, violation("call %d while a call with that ID is running", id)
+	}
+	if len(c.serving) >= c.cfg.MaxConcurrentCalls {
+		return nil, nil, CodeResourceExhausted, nil
+	}
+	sc := &serverCall{}
+	var ctx context.Context
+	if timeout > 0 {
+		ctx, sc.cancel = context.WithTimeout(c.base, timeout)
+	} else {
+		ctx, sc.cancel = context.WithCancel(c.base)
+	}
+	c.serving[id] = sc
+	return ctx, sc, 0, nil
+}
+
+// release unregisters a call; it reports whether the caller still wants an
+// answer.
+func (c *Conn) release(id uint64, sc *serverCall) bool {
+	c.mu.Lock()
+	wanted := c.serving[id] == sc && !sc.cancelled
+	if c.serving[id] == sc {
+		delete(c.serving, id)
+	}
+	c.mu.Unlock()
+	sc.cancel()
+	return wanted
+}
+
+func (c *Conn) serveCall(id uint64, p []byte) error {
+	timeout, method, args, err := parseRequest(p)
+	if err != nil {
+		return err
+	}
+	c.stats.callsIn.Add(1)
+	h := c.cfg.Mux.lookup(method).call
+	if h == nil {
+		c.stats.rejected.Add(1)
+		c.replyError(id, CodeUnknownMethod, "no handler for "+string(method))
+		return nil
+	}
+	ctx, sc, code, err := c.admit(id, timeout)
+	if err != nil || code != 0 {
+		if code == CodeResourceExhausted {
+			c.stats.rejected.Add(1)
+			c.replyError(id, code, fmt.Sprintf("%d calls running, the limit per connection", c.cfg.MaxConcurrentCalls))
+			return nil
+		}
+		if errors.Is(err, ErrProtocolViolation) {
+			return err
+		}
+		return nil // dead
+	}
+	go c.runHandler(ctx, id, sc, h, method, args)
+	return nil
+}
+
+func (c *Conn) runHandler(ctx context.Context, id uint64, sc *serverCall, h Handler, method, args []byte) {
+	resp, err := c.invoke(ctx, h, method, args)
+	if !c.release(id, sc) {
+		return // the caller gave up, or the connection died: nobody to answer
+	}
+	if err != nil {
+		code, msg := remoteErrorOf(err)
+		c.replyError(id, code, msg)
+		return
+	}
+	if len(resp) > int(c.remote.maxMessage) {
+		c.replyError(id, CodeMessageTooLarge, fmt.Sprintf("a %d-byte reply exceeds the caller's limit of %d bytes", len(resp), c.remote.maxMessage))
+		return
+	}
+	c.enqueue(outFrame{kind: kindResponse, id: id, buf: resp}, false)
+}
+
+// invoke runs a handler, turning a panic into CodeInternal.
+func (c *Conn) invoke(ctx context.Context, h Handler, method, args []byte) (resp []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.stats.handlerPanics.Add(1)
+			c.cfg.Logger.Error("handler panicked", zap.ByteString("method", method),
+				zap.String("peer", c.remoteID), zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+			resp, err = nil, Errorf(CodeInternal, "handler panicked: %v", r)
+		}
+	}()
+	return h.ServeRPC(ctx, args)
+}
+
+func (c *Conn) replyError(id uint64, code Code, msg string) {
+	if len(msg) > maxErrorMessage-2 {
+		msg = msg[:maxErrorMessage-2]
+	}
+	b := make([]byte, 2, 2+len(msg))
+	b[0], b[1] = byte(code>>8), byte(code)
+	c.enqueue(outFrame{kind: kindError, id: id, buf: append(b, msg...)}, false)
+}

@@ -1,0 +1,107 @@
+package rpc
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
+
+// Handler serves calls. The request's bytes belong to the handler; so do the
+// reply's bytes once returned. ctx ends when the caller gives up, when the
+// request's deadline passes, or when the connection dies.
+type Handler interface {
+	ServeRPC(ctx context.Context, req []byte) ([]byte, error)
+}
+
+// Func adapts a function to a Handler.
+type Func func(ctx context.Context, req []byte) ([]byte, error)
+
+// ServeRPC calls f.
+func (f Func) ServeRPC(ctx context.Context, req []byte) ([]byte, error) { return f(ctx, req) }
+
+// StreamHandler serves streams opened with Conn.OpenStream. When it returns,
+// the stream is closed. ctx ends when the caller cancels, when the stream's
+// deadline passes, or when the connection dies; the stream is then closed too,
+// so a handler blocked in Read or Write returns.
+type StreamHandler interface {
+	ServeStream(ctx context.Context, s *Stream) error
+}
+
+// StreamFunc adapts a function to a StreamHandler.
+type StreamFunc func(ctx context.Context, s *Stream) error
+
+// ServeStream calls f.
+func (f StreamFunc) ServeStream(ctx context.Context, s *Stream) error { return f(ctx, s) }
+
+// Typed adapts a function of typed values to a Handler. The request is
+// decoded and the reply encoded with the default codec, CBOR; a request that
+// does not decode is answered with CodeBadRequest.
+func Typed[Req, Resp any](fn func(ctx context.Context, req Req) (Resp, error)) Handler {
+	return Func(func(ctx context.Context, b []byte) ([]byte, error) {
+		var req Req
+		if err := CBOR.Unmarshal(b, &req); err != nil {
+			return nil, Errorf(CodeBadRequest, "decoding request: %v", err)
+		}
+		resp, err := fn(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return CBOR.Marshal(resp)
+	})
+}
+
+// Mux maps method names to handlers. It is safe for concurrent use, and
+// handlers may be added while it serves: lookups take no lock.
+type Mux struct {
+	mu      sync.Mutex // serialises writers
+	methods atomic.Pointer[map[string]entry]
+}
+
+type entry struct {
+	call   Handler
+	stream StreamHandler
+}
+
+// NewMux returns an empty Mux.
+func NewMux() *Mux { return new(Mux) }
+
+// Handle registers h for calls to method, replacing any handler before it.
+func (m *Mux) Handle(method string, h Handler) { m.set(method, entry{call: h}) }
+
+// HandleStream registers h for streams opened on method.
+func (m *Mux) HandleStream(method string, h StreamHandler) { m.set(method, entry{stream: h}) }
+
+func (m *Mux) set(method string, e entry) {
+	if method == "" || len(method) > maxMethodLen {
+		panic("rpc: method name must be 1 to 255 bytes: " + method)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.methods.Load()
+	next := make(map[string]entry, 1)
+	if old != nil {
+		for k, v := range *old {
+			next[k] = v
+		}
+	}
+	prev := next[method]
+	if e.call == nil {
+		e.call = prev.call
+	}
+	if e.stream == nil {
+		e.stream = prev.stream
+	}
+	next[method] = e
+	m.methods.Store(&next)
+}
+
+func (m *Mux) lookup(method []byte) entry {
+	if m == nil {
+		return entry{}
+	}
+	p := m.methods.Load()
+	if p == nil {
+		return entry{}
+	}
+	return (*p)[string(method)]
+}

@@ -1,0 +1,300 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"go.uber.org/zap"
+)
+
+// Stream is a bidirectional byte stream for bulk data, with yamux flow
+// control: a writer blocks while the reader's window is full, so neither side
+// buffers more than a window. It follows the rules of calls: the opener's
+// context bounds it (cancelling it ends the handler's context too), and it
+// dies with its connection, after which Read and Write return a *DeadError.
+type Stream struct {
+	c      *Conn
+	ys     *yamux.Stream
+	id     uint64
+	ctx    context.Context
+	client bool
+	stop   func() bool // stops the AfterFunc that interrupts on ctx's end
+
+	mu      sync.Mutex
+	sawEOF  bool // the peer closed its side
+	closed  bool
+	stopped bool // interrupted: ctx ended
+}
+
+// OpenStream opens a stream to the peer's stream handler for method and
+// waits for the peer to accept it (one round trip), so that an unknown method
+// or a refusal is an error here rather than on the first Read.
+func (c *Conn) OpenStream(ctx context.Context, method string) (*Stream, error) {
+	if c.closed.Load() {
+		return nil, c.deadErr()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(method) == 0 || len(method) > maxMethodLen {
+		return nil, fmt.Errorf("rpc: method name of %d bytes: it must be 1 to %d", len(method), maxMethodLen)
+	}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		if timeout = time.Until(dl); timeout <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+	}
+	c.mu.Lock()
+	if c.dead != nil {
+		c.mu.Unlock()
+		return nil, c.deadErr()
+	}
+	c.nextID++
+	id := c.nextID
+	c.mu.Unlock()
+
+	ys, err := c.sess.OpenStream()
+	if err != nil {
+		if c.closed.Load() {
+			return nil, c.deadErr()
+		}
+		return nil, fmt.Errorf("rpc: opening a stream: %w", err)
+	}
+	s := &Stream{c: c, ys: ys, id: id, ctx: ctx, client: true}
+	s.stop = context.AfterFunc(ctx, s.interrupt)
+	if _, err := ys.Write(appendRequest(nil, kindStreamOpen, id, timeout, method, nil)); err != nil {
+		s.Close()
+		return nil, s.mapErr(err)
+	}
+	var hb [headerSize]byte
+	h, p, err := readFrame(ys, hb[:], 0)
+	if err != nil {
+		s.Close()
+		if errors.Is(err, ErrProtocolViolation) {
+			c.Abort(err)
+		}
+		return nil, s.mapErr(err)
+	}
+	switch {
+	case h.kind == kindResponse && h.id == id:
+		c.stats.callsOut.Add(1)
+		return s, nil
+	case h.kind == kindError && h.id == id:
+		s.mu.Lock()
+		s.sawEOF = true // refused: the peer runs nothing to cancel
+		s.mu.Unlock()
+		s.Close()
+		re, err := parseError(p)
+		if err != nil {
+			c.Abort(err)
+			return nil, c.deadErr()
+		}
+		re.Method = method
+		return nil, re
+	}
+	s.Close()
+	err = violation("%v frame %d in answer to stream-open %d", h.kind, h.id, id)
+	c.Abort(err)
+	return nil, c.deadErr()
+}
+
+// acceptLoop serves the streams the peer opens.
+func (c *Conn) acceptLoop() {
+	defer c.wg.Done()
+	for {
+		ys, err := c.sess.AcceptStream()
+		if err != nil {
+			return // the session is closed; the reader reports why
+		}
+		go c.serveStream(ys)
+	}
+}
+
+func (c *Conn) serveStream(ys *yamux.Stream) {
+	ys.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
+	var hb [headerSize]byte
+	h, p, err := readFrame(ys, hb[:], 0)
+	if err == nil && h.kind != kindStreamOpen {
+		err = violation("a stream must start with a stream-open frame, not %v", h.kind)
+	}
+	var timeout time.Duration
+	var method []byte
+	if err == nil {
+		var args []byte
+		timeout, method, args, err = parseRequest(p)
+		if err == nil && len(args) > 0 {
+			err = violation("stream-open frame with %d bytes of arguments", len(args))
+		}
+	}
+	if err != nil {
+		ys.Close()
+		if errors.Is(err, ErrProtocolViolation) {
+			c.Abort(err)
+		}
+		return
+	}
+	ys.SetReadDeadline(time.Time{})
+	c.stats.callsIn.Add(1)
+
+	refuse := func(code Code, msg string) {
+		c.stats.rejected.Add(1)
+		ys.Write(appendError(nil, h.id, code, msg))
+		ys.Close()
+	}
+	handler := c.cfg.Mux.lookup(method).stream
+	if handler == nil {
+		refuse(CodeUnknownMethod, "no stream handler for "+string(method))
+		return
+	}
+	ctx, sc, code, err := c.admit(h.id, timeout)
+	if code == CodeResourceExhausted {
+		refuse(code, fmt.Sprintf("%d calls and streams running, the limit per connection", c.cfg.MaxConcurrentCalls))
+		return
+	}
+	if err != nil || code != 0 {
+		ys.Close()
+		if errors.Is(err, ErrProtocolViolation) {
+			c.Abort(err)
+		}
+		return
+	}
+	s := &Stream{c: c, ys: ys, id: h.id, ctx: ctx}
+	s.stop = context.AfterFunc(ctx, s.interrupt)
+	if _, err := ys.Write(appendHeader(nil, kindResponse, 0, h.id)); err == nil {
+		if err := c.invokeStream(ctx, handler, s, method); err != nil {
+			c.cfg.Logger.Debug("stream handler failed", zap.ByteString("method", method),
+				zap.String("peer", c.remoteID), zap.Error(err))
+		}
+	}
+	c.release(h.id, sc)
+	s.Close()
+}
+
+func (c *Conn) invokeStream(ctx context.Context, h StreamHandler, s *Stream, method []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.stats.handlerPanics.Add(1)
+			c.cfg.Logger.Error("stream handler panicked", zap.ByteString("method", method),
+				zap.String("peer", c.remoteID), zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+			err = fmt.Errorf("stream handler panicked: %v", r)
+		}
+	}()
+	return h.ServeStream(ctx, s)
+}
+
+// interrupt runs when the stream's context ends: blocked Reads and Writes
+// return, and the handler on the other side is told.
+func (s *Stream) interrupt() {
+	s.mu.Lock()
+	s.stopped = true
+	tell := s.client && !s.sawEOF && !s.closed
+	s.mu.Unlock()
+	s.ys.SetDeadline(time.Unix(1, 0))
+	if tell {
+		s.c.stats.cancelsSent.Add(1)
+		s.c.enqueue(outFrame{kind: kindCancel, id: s.id}, true)
+	}
+	s.ys.Close()
+}
+
+// Read reads from the stream. It returns io.EOF once the peer has closed its
+// side and everything before has been read.
+func (s *Stream) Read(p []byte) (int, error) {
+	n, err := s.ys.Read(p)
+	if err == io.EOF {
+		s.mu.Lock()
+		s.sawEOF = true
+		s.mu.Unlock()
+		if s.c.closed.Load() {
+			return n, s.c.deadErr() // the session died under us: not a clean end
+		}
+		if cerr := ctxErr(s.ctx); cerr != nil {
+			return n, cerr // the peer's side of the deadline came first
+		}
+		return n, err
+	}
+	return n, s.mapErr(err)
+}
+
+// Write writes to the stream, blocking while the peer's window is full.
+func (s *Stream) Write(p []byte) (int, error) {
+	n, err := s.ys.Write(p)
+	return n, s.mapErr(err)
+}
+
+// CloseWrite closes the writing side: the peer reads io.EOF after what was
+// written. Reading goes on.
+func (s *Stream) CloseWrite() error { return s.mapErr(s.ys.Close()) }
+
+// Close ends the stream. On the opening side, closing a stream whose peer
+// has not finished also cancels the handler's context.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	tell := s.client && !s.sawEOF && !s.stopped
+	s.mu.Unlock()
+	s.stop()
+	if tell {
+		s.c.stats.cancelsSent.Add(1)
+		s.c.enqueue(outFrame{kind: kindCancel, id: s.id}, true)
+	}
+	return s.mapErr(s.ys.Close())
+}
+
+// SetDeadline sets the read and write deadlines, as net.Conn's.
+func (s *Stream) SetDeadline(t time.Time) error { return s.ys.SetDeadline(t) }
+
+// SetReadDeadline sets the read deadline, as net.Conn's.
+func (s *Stream) SetReadDeadline(t time.Time) error { return s.ys.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the write deadline, as net.Conn's.
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.ys.SetWriteDeadline(t) }
+
+// Conn returns the connection the stream belongs to.
+func (s *Stream) Conn() *Conn { return s.c }
+
+// mapErr explains a stream error in the package's terms: a dead connection
+// is a *DeadError, an ended context is the context's error, and a deadline
+// is os.ErrDeadlineExceeded (a net.Error whose Timeout is true).
+func (s *Stream) mapErr(err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	if s.c.closed.Load() {
+		return s.c.deadErr()
+	}
+	if cerr := ctxErr(s.ctx); cerr != nil {
+		return cerr
+	}
+	if errors.Is(err, yamux.ErrTimeout) {
+		return os.ErrDeadlineExceeded
+	}
+	if errors.Is(err, yamux.ErrStreamClosed) {
+		return fmt.Errorf("rpc: stream closed: %w", err)
+	}
+	return err
+}
+
+// ctxErr is ctx.Err(), and DeadlineExceeded from the deadline's instant on,
+// before the context's own timer has fired.
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}

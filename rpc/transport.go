@@ -1,0 +1,180 @@
+package rpc
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"go.uber.org/zap"
+)
+
+// Client starts a connection as the dialing side over conn: TLS if
+// configured, the handshake, then yamux. It returns once the connection can
+// carry calls, or fails within the handshake timeout (or ctx), closing conn.
+func Client(ctx context.Context, conn net.Conn, cfg *Config) (*Conn, error) {
+	return start(ctx, conn, cfg, false)
+}
+
+// Server starts a connection as the accepting side over conn. A peer that
+// says nothing, speaks another protocol or version, or fails TLS is cut off
+// within the handshake timeout with an error saying why.
+func Server(ctx context.Context, conn net.Conn, cfg *Config) (*Conn, error) {
+	return start(ctx, conn, cfg, true)
+}
+
+func start(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*Conn, error) {
+	r, err := cfg.resolved()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	hctx, cancel := context.WithTimeout(ctx, r.HandshakeTimeout)
+	defer cancel()
+	c, err := handshake(hctx, conn, r, server)
+	if err != nil {
+		conn.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("%w with %s: %w", ErrHandshake, conn.RemoteAddr(), cerr)
+		}
+		if isTimeout(err) { // the only deadline on conn is the handshake's
+			return nil, fmt.Errorf("%w with %s: no handshake within %v", ErrHandshake, conn.RemoteAddr(), r.HandshakeTimeout)
+		}
+		return nil, fmt.Errorf("%w with %s: %w", ErrHandshake, conn.RemoteAddr(), err)
+	}
+	return c, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*Conn, error) {
+	dl, _ := ctx.Deadline()
+	conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	transport := conn
+	var certID string
+	if cfg.TLS != nil {
+		var tc *tls.Conn
+		if server {
+			tc = tls.Server(conn, sideTLS(cfg.TLS, true))
+		} else {
+			tc = tls.Client(conn, sideTLS(cfg.TLS, false))
+		}
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("TLS: %w", err)
+		}
+		certID = IDFromCertificate(tc.ConnectionState().PeerCertificates[0])
+		transport = tc
+	}
+
+	mine := &hello{
+		version:    ProtocolVersion,
+		maxMessage: uint32(cfg.MaxMessageSize),
+		maxCalls:   uint32(cfg.MaxConcurrentCalls),
+		id:         cfg.ID,
+	}
+	refuse := func(reason string) {
+		transport.Write((&hello{version: ProtocolVersion, status: statusRefuse, id: reason}).marshal())
+	}
+	var theirs *hello
+	var err error
+	if server {
+		theirs, err = readHello(transport)
+		if err != nil {
+			if errors.Is(err, ErrIncompatible) || errors.Is(err, ErrProtocolViolation) {
+				refuse(err.Error())
+			}
+			return nil, err
+		}
+		if theirs.status == statusRefuse {
+			return nil, violation("a dialer sent a refusal")
+		}
+		if err := checkID(theirs.id, certID, cfg.ExpectID); err != nil {
+			refuse(err.Error())
+			return nil, err
+		}
+		if _, err := transport.Write(mine.marshal()); err != nil {
+			return nil, err
+		}
+	} else {
+		if _, err := transport.Write(mine.marshal()); err != nil {
+			return nil, err
+		}
+		if theirs, err = readHello(transport); err != nil {
+			return nil, err
+		}
+		if theirs.status == statusRefuse {
+			return nil, fmt.Errorf("refused by the peer: %s", theirs.id)
+		}
+		if err := checkID(theirs.id, certID, cfg.ExpectID); err != nil {
+			return nil, err
+		}
+	}
+	if !stop() {
+		return nil, ctx.Err()
+	}
+	conn.SetDeadline(time.Time{})
+
+	w := newWireConn(transport)
+	ycfg := &yamux.Config{
+		AcceptBacklog:          256,
+		EnableKeepAlive:        false, // package liveness does this, adaptively
+		KeepAliveInterval:      time.Hour,
+		ConnectionWriteTimeout: cfg.WriteTimeout,
+		MaxStreamWindowSize:    cfg.StreamWindow,
+		StreamCloseTimeout:     time.Minute,
+		StreamOpenTimeout:      0, // would close the whole session; liveness decides
+		Logger:                 yamuxLogger{cfg.Logger},
+	}
+	var sess *yamux.Session
+	var ctrl *yamux.Stream
+	if server {
+		sess, _ = yamux.Server(w, ycfg)
+		ctrl, err = sess.AcceptStreamWithContext(ctx)
+	} else {
+		sess, _ = yamux.Client(w, ycfg)
+		ctrl, err = sess.OpenStream()
+	}
+	if err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("opening the control stream: %w", err)
+	}
+	return newConn(cfg, w, sess, ctrl, theirs, server), nil
+}
+
+// checkID checks the ID a peer claims against its certificate (with TLS)
+// and against the ID the caller expects (if any).
+func checkID(claimed, certID, expect string) error {
+	if certID != "" && claimed != certID {
+		return fmt.Errorf("the peer claims ID %q but its certificate is that of %q", claimed, certID)
+	}
+	if expect != "" && claimed != expect {
+		return fmt.Errorf("the peer is %q, not %q as expected", claimed, expect)
+	}
+	return nil
+}
+
+// yamuxLogger sends yamux's log lines to zap at Debug: the death of a
+// connection is reported once, by whoever evicts it, not by every layer.
+type yamuxLogger struct{ l *zap.Logger }
+
+func (y yamuxLogger) Print(v ...any) { y.log(fmt.Sprint(v...)) }
+
+func (y yamuxLogger) Printf(format string, v ...any) { y.log(fmt.Sprintf(format, v...)) }
+
+func (y yamuxLogger) Println(v ...any) { y.log(fmt.Sprintln(v...)) }
+
+func (y yamuxLogger) log(s string) {
+	if ce := y.l.Check(zap.DebugLevel, "yamux"); ce != nil {
+		ce.Write(zap.String("msg", strings.TrimSpace(s)))
+	}
+}

@@ -125,7 +125,7 @@ func (c *Config) resolved() (*Config, error) {
 		r.Logger = zap.NewNop()
 	}
 	if r.TLS != nil {
-		id, err := localTLSID(r.TLS)
+		id, err := TLSID(r.TLS)
 		if err != nil {
 			return nil, err
 		}

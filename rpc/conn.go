@@ -42,8 +42,12 @@ type Conn struct {
 	probeID uint64                 // last ping nonce issued
 	dead    *DeadError
 
-	closed atomic.Bool
-	done   chan struct{}
+	closed  atomic.Bool
+	closing atomic.Bool // Close is saying goodbye: the end that follows is ours
+	done    chan struct{}
+	ctx     context.Context // ends at death, with the *DeadError as cause
+	kill    context.CancelCauseFunc
+	failed  int // outstanding calls failed at death
 
 	wmu      sync.Mutex
 	ctlq, wq []outFrame // control frames go first
@@ -75,6 +79,7 @@ type Stats struct {
 	Rejected       uint64 // the peer's calls refused: unknown method, over a limit
 	HandlerPanics  uint64 // handlers that panicked (answered with CodeInternal)
 	Outstanding    int    // our calls awaiting an answer now
+	FailedAtDeath  int    // our calls failed at once when the connection died
 	Serving        int    // the peer's calls and streams running here now
 	BytesReceived  uint64 // bytes read from the transport
 	LastReceived   time.Time
@@ -149,6 +154,7 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 		done:     make(chan struct{}),
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
+	c.ctx, c.kill = context.WithCancelCause(context.Background())
 	c.wg.Add(2)
 	go c.readLoop()
 	go c.acceptLoop()
@@ -193,6 +199,11 @@ func (c *Conn) Err() error {
 	return c.dead
 }
 
+// Context ends when the connection dies; context.Cause is then its
+// *DeadError. Use context.AfterFunc on it to learn of a death without a
+// goroutine per connection.
+func (c *Conn) Context() context.Context { return c.ctx }
+
 // LastReceived is when bytes last arrived from the peer: any inbound frame
 // is evidence of life.
 func (c *Conn) LastReceived() time.Time { return monoTime(c.wire.lastRecv.Load()) }
@@ -210,7 +221,7 @@ func (c *Conn) Outstanding() int {
 // Stats returns the connection's counters.
 func (c *Conn) Stats() Stats {
 	c.mu.Lock()
-	out, serving := len(c.pending), len(c.serving)
+	out, serving, failed := len(c.pending), len(c.serving), c.failed
 	c.mu.Unlock()
 	return Stats{
 		CallsOut:       c.stats.callsOut.Load(),
@@ -221,6 +232,7 @@ func (c *Conn) Stats() Stats {
 		Rejected:       c.stats.rejected.Load(),
 		HandlerPanics:  c.stats.handlerPanics.Load(),
 		Outstanding:    out,
+		FailedAtDeath:  failed,
 		Serving:        serving,
 		BytesReceived:  c.wire.recvd.Load(),
 		LastReceived:   c.LastReceived(),
@@ -389,6 +401,7 @@ func (c *Conn) Abort(cause error) int {
 	c.closed.Store(true)
 	pending, serving := c.pending, c.serving
 	c.pending, c.serving, c.probes = nil, nil, nil
+	c.failed = len(pending)
 	c.mu.Unlock()
 
 	c.wmu.Lock()
@@ -404,6 +417,7 @@ func (c *Conn) Abort(cause error) int {
 		sc.cancel()
 	}
 	close(c.done)
+	c.kill(c.dead)
 	if errors.Is(cause, ErrProtocolViolation) {
 		c.cfg.Logger.Error("protocol violation: connection closed",
 			zap.String("peer", c.remoteID), zap.Stringer("addr", c.RemoteAddr()), zap.Error(cause))
@@ -414,14 +428,24 @@ func (c *Conn) Abort(cause error) int {
 
 // Close says goodbye to the peer (so it evicts this connection at once
 // rather than waiting for missed heartbeats), then aborts the connection with
-// ErrClosed and waits for its goroutines. Handlers still running are
-// cancelled but not waited for.
+// ErrClosed and waits for its goroutines. The goodbye is followed by a
+// half-close, and Close waits (briefly) for the peer to close its side, so
+// that nothing the peer sent is left unread: an unread byte would make the
+// kernel answer with a reset, which could overtake the goodbye. Handlers
+// still running are cancelled but not waited for.
 func (c *Conn) Close() error {
+	c.closing.Store(true)
 	sent := make(chan struct{})
 	if c.enqueue(outFrame{kind: kindGoAway, buf: []byte("closed"), sent: sent}, true) {
 		t := time.NewTimer(goAwayWait)
 		select {
 		case <-sent:
+			if cw, ok := c.wire.Conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+				select {
+				case <-c.done: // the peer closed its side
+				case <-t.C:
+				}
+			}
 		case <-t.C:
 		case <-c.done:
 		}
@@ -547,6 +571,9 @@ func (c *Conn) writeBatch(ctl, q []outFrame) error {
 // transportCause explains why the transport failed, preferring what the
 // socket said over what yamux made of it.
 func (c *Conn) transportCause(err error) error {
+	if c.closing.Load() {
+		return ErrClosed
+	}
 	if terr := c.wire.transportErr(); terr != nil {
 		err = terr
 	}

@@ -63,7 +63,9 @@ func IDFromCertificate(cert *x509.Certificate) string {
 	return lower(idEncoding.EncodeToString(sum[:20]))
 }
 
-func localTLSID(cfg *tls.Config) (string, error) {
+// TLSID returns the node ID that a TLS configuration stands for: that of
+// its first certificate.
+func TLSID(cfg *tls.Config) (string, error) {
 	if len(cfg.Certificates) == 0 || len(cfg.Certificates[0].Certificate) == 0 {
 		return "", errors.New("rpc: the TLS config needs Certificates[0]: mutual TLS derives the node ID from it")
 	}

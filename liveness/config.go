@@ -1,0 +1,135 @@
+package liveness
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config sets the bounds of failure detection. Use a preset (LAN, the
+// default; Local; WAN) and adjust; each value's reason sits beside it.
+//
+// How the bounds work together: a peer that sent nothing for Interval is
+// probed. If no answer comes within the adaptive timeout (SRTT + 4·RTTVAR of
+// the probes' round trips, clamped to [MinTimeout, MaxTimeout]) it is
+// suspect, and probed again every RetryInterval so its kernel has fresh
+// segments to acknowledge. Then the kernel decides (Linux, TCP):
+//
+//   - no answer and no TCP acknowledgement since probing began: a silent
+//     partition. Dead at once.
+//   - acknowledgements but no answer: the link is lossy (a retransmission
+//     stalls the stream) or the peer process hangs. Dead after HangAfter
+//     without an answer, a bound longer than a lossy link's stalls.
+//
+// Without kernel evidence (not TCP, or not Linux) the two cannot be told
+// apart, and a peer is dead after DeadAfter without an answer.
+type Config struct {
+	// Interval is how long a peer may send nothing before it is probed. A
+	// connection that carried traffic within Interval is not probed.
+	Interval time.Duration
+	// MinTimeout and MaxTimeout clamp the adaptive probe timeout.
+	MinTimeout, MaxTimeout time.Duration
+	// RetryInterval is how often an overdue peer is probed again.
+	RetryInterval time.Duration
+	// HangAfter is how long a peer may go without answering while its
+	// kernel still acknowledges: then its process is deemed hung. It is
+	// also the connection's TCP_USER_TIMEOUT, so writes stuck in the kernel
+	// fail too. It must exceed a lossy link's longest stalls.
+	HangAfter time.Duration
+	// DeadAfter is how long an overdue peer may go without answering when
+	// there is no kernel evidence.
+	DeadAfter time.Duration
+	// LateSlack: when a check runs later than this after it was due, this
+	// process was paused or starved (GC, CPU, SIGSTOP). It is we who are
+	// slow, so the peer is probed afresh instead of convicted (Lifeguard's
+	// local-health awareness).
+	LateSlack time.Duration
+}
+
+// LAN is the default preset, for peers a few milliseconds apart.
+func LAN() Config {
+	return Config{
+		// 250 ms: an idle link costs four tiny probes a second, and a silent
+		// peer is noticed in about Interval + MinTimeout ≈ 0.5 s.
+		Interval: 250 * time.Millisecond,
+		// 250 ms floor: above Linux's delayed-ACK timer (40 ms, at most
+		// 200 ms), so a peer's kernel always acknowledges a probe in time.
+		MinTimeout: 250 * time.Millisecond,
+		// 2 s ceiling: a peer whose answers are that slow is overdue anyway.
+		MaxTimeout: 2 * time.Second,
+		// 50 ms: while overdue, each retry is a new segment, which a live
+		// kernel acknowledges at once even when an earlier one was lost
+		// (a duplicate ACK), so a lossy link is not taken for a silent one.
+		RetryInterval: 50 * time.Millisecond,
+		// 5 s: a segment lost three times in a row stalls a stream about
+		// 1.4 s (RTOs of 200, 400, 800 ms) and four times about 3 s; 5 s
+		// passes both and still catches a hung process quickly.
+		HangAfter: 5 * time.Second,
+		// 1.5 s: without kernel evidence, wait out most retransmission
+		// stalls (1 in 8,000 segments stalls 1.4 s at 5% loss).
+		DeadAfter: 1500 * time.Millisecond,
+		// 100 ms: Go's timers fire within a millisecond or two on an idle
+		// machine; 100 ms late means this process was not running.
+		LateSlack: 100 * time.Millisecond,
+	}
+}
+
+// Local is for tests and for peers on one machine: quick verdicts, since
+// round trips are microseconds and nothing is lost on loopback.
+func Local() Config {
+	return Config{
+		Interval:      50 * time.Millisecond,
+		MinTimeout:    100 * time.Millisecond, // above the 40 ms delayed ACK
+		MaxTimeout:    500 * time.Millisecond,
+		RetryInterval: 20 * time.Millisecond,
+		HangAfter:     time.Second,
+		DeadAfter:     300 * time.Millisecond,
+		LateSlack:     50 * time.Millisecond,
+	}
+}
+
+// WAN is for long or anonymising paths (intercontinental links, Tor), where
+// round trips near 1 s are normal and vary a lot.
+func WAN() Config {
+	return Config{
+		Interval:      time.Second,      // probes cost more on metered links
+		MinTimeout:    2 * time.Second,  // twice a Tor circuit's typical RTT
+		MaxTimeout:    10 * time.Second, // Tor circuits stall for seconds when rebuilt
+		RetryInterval: 250 * time.Millisecond,
+		HangAfter:     30 * time.Second, // retransmission timeouts start at 1 s here
+		DeadAfter:     10 * time.Second,
+		LateSlack:     250 * time.Millisecond,
+	}
+}
+
+// Validate reports a Config whose bounds contradict each other.
+func (c Config) Validate() error {
+	switch {
+	case c.Interval <= 0 || c.MinTimeout <= 0 || c.RetryInterval <= 0 || c.HangAfter <= 0 || c.DeadAfter <= 0 || c.LateSlack <= 0:
+		return fmt.Errorf("liveness: every bound must be positive: %+v", c)
+	case c.MaxTimeout < c.MinTimeout:
+		return fmt.Errorf("liveness: MaxTimeout %v below MinTimeout %v", c.MaxTimeout, c.MinTimeout)
+	case c.HangAfter < c.MaxTimeout:
+		return fmt.Errorf("liveness: HangAfter %v below MaxTimeout %v", c.HangAfter, c.MaxTimeout)
+	}
+	return nil
+}
+
+// WithInterval returns c with its probe interval set to d and the other
+// bounds scaled in proportion to the preset's, keeping their floors where a
+// floor has a physical reason (the kernel's delayed ACK, retransmission
+// stalls).
+func (c Config) WithInterval(d time.Duration) Config {
+	if d <= 0 || d == c.Interval {
+		return c
+	}
+	scale := func(v, floor time.Duration) time.Duration {
+		s := time.Duration(float64(v) * float64(d) / float64(c.Interval))
+		return max(s, floor)
+	}
+	c.MinTimeout = scale(c.MinTimeout, 100*time.Millisecond)
+	c.MaxTimeout = max(scale(c.MaxTimeout, 500*time.Millisecond), c.MinTimeout)
+	c.RetryInterval = scale(c.RetryInterval, 10*time.Millisecond)
+	c.DeadAfter = scale(c.DeadAfter, 300*time.Millisecond)
+	c.Interval = d
+	return c
+}

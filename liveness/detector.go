@@ -1,0 +1,175 @@
+package liveness
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrMissedHeartbeats matches every *Verdict: the peer stopped answering.
+var ErrMissedHeartbeats = errors.New("missed heartbeats")
+
+// Kind says what the evidence showed when a peer was declared dead.
+type Kind int
+
+const (
+	// Silent: no answer and no TCP acknowledgement: packets vanish, as in a
+	// silent partition (cable cut, NAT dropped, laptop unplugged).
+	Silent Kind = iota + 1
+	// Hung: the peer's kernel acknowledges, but its process does not answer.
+	Hung
+	// Unanswered: no answer, and no kernel evidence to say more.
+	Unanswered
+)
+
+// Verdict is the cause of a liveness eviction. It matches ErrMissedHeartbeats.
+type Verdict struct {
+	Kind    Kind
+	Silence time.Duration // how long the peer had sent nothing
+}
+
+func (v *Verdict) Error() string {
+	s := fmt.Sprintf("missed heartbeats for %v", v.Silence.Round(time.Millisecond))
+	switch v.Kind {
+	case Silent:
+		return s + ", and no TCP acknowledgement either (silent partition)"
+	case Hung:
+		return s + ", though its kernel acknowledges (process hung or stream stalled)"
+	}
+	return s
+}
+
+// Is reports whether target is ErrMissedHeartbeats.
+func (v *Verdict) Is(target error) bool { return target == ErrMissedHeartbeats }
+
+// silentProbes is how many probes, RetryInterval apart, must all go
+// unacknowledged by the peer's kernel before it is deemed silent. On a live
+// link each probe is acknowledged (at once, by a duplicate ACK, if an earlier
+// segment was lost), so with 5% loss each way all three fail about once in
+// a thousand overdue rounds, and an overdue round is itself rare.
+const silentProbes = 3
+
+// detector is one peer's failure detector: pure logic over the times and
+// evidence it is given, so it is tested without sleeping.
+type detector struct {
+	est       Estimator
+	probing   time.Time // when the current round of probing began; zero if none
+	lastProbe time.Time
+	probes    int // probes sent this round
+	suspect   bool
+	urgent    bool // Kick: start a round now, idle or not
+}
+
+// step is what the detector decided at one check.
+type step struct {
+	probe   bool      // send a probe now
+	suspect int       // +1: became suspect; -1: no longer suspect
+	late    bool      // the check ran late: we re-probed rather than judged
+	dead    *Verdict  // non-nil: evict
+	next    time.Time // when to check again
+}
+
+// check decides what to do at now. due is when the check was meant to run;
+// lastRecv is when bytes last arrived; kernel, if not nil, reads the kernel's
+// evidence (it is called only for an overdue peer).
+func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func() (KernelInfo, bool)) (s step) {
+	if d.est.Samples() == 0 && d.lastProbe.IsZero() {
+		s.probe = true // learn the round trip at once
+		d.lastProbe = now
+	}
+	urgent := d.urgent
+	d.urgent = false
+	if !d.probing.IsZero() && lastRecv.After(d.probing) {
+		d.endRound(&s) // it answered (or sent anything at all)
+	}
+	idle := now.Sub(lastRecv)
+	timeout := d.est.Timeout(cfg.MinTimeout, cfg.MaxTimeout)
+	if d.probing.IsZero() {
+		if idle < cfg.Interval && !urgent {
+			s.next = lastRecv.Add(cfg.Interval)
+			return s
+		}
+		d.startRound(&s, now)
+		s.next = now.Add(min(timeout, cfg.RetryInterval))
+		return s
+	}
+	if !due.IsZero() && now.Sub(due) > cfg.LateSlack {
+		// This check ran late: we were paused or starved, not the peer. The
+		// answer may be in our socket buffer already: probe afresh.
+		s.late = true
+		d.startRound(&s, now)
+		s.next = now.Add(min(timeout, cfg.RetryInterval))
+		return s
+	}
+	waited := now.Sub(d.probing)
+	if waited < timeout {
+		// Once an answer is later than usual, probe again every
+		// RetryInterval: fresh segments for the peer's kernel to acknowledge.
+		if waited >= max(cfg.RetryInterval, d.est.SRTT()+2*d.est.RTTVAR()) && now.Sub(d.lastProbe) >= cfg.RetryInterval {
+			d.sendProbe(&s, now)
+		}
+		s.next = earliest(d.probing.Add(timeout), now.Add(cfg.RetryInterval))
+		return s
+	}
+	if !d.suspect {
+		d.suspect = true
+		s.suspect = +1
+	}
+	var ki KernelInfo
+	ok := false
+	if kernel != nil {
+		ki, ok = kernel()
+	}
+	if ok && ki.LastDataRecv < idle {
+		// Data reached our kernel that our reader has not yet taken: we are
+		// the slow one. It is evidence of life all the same.
+		idle = ki.LastDataRecv
+	}
+	switch {
+	case ok && idle >= waited && ki.Unacked > 0 && ki.LastAckRecv+ackGranularity >= waited && d.probes >= silentProbes:
+		s.dead = &Verdict{Kind: Silent, Silence: idle}
+	case idle >= cfg.HangAfter && ok:
+		s.dead = &Verdict{Kind: Hung, Silence: idle}
+	case idle >= cfg.HangAfter || (!ok && waited >= cfg.DeadAfter):
+		s.dead = &Verdict{Kind: Unanswered, Silence: idle}
+	}
+	if s.dead != nil {
+		return s
+	}
+	if now.Sub(d.lastProbe) >= cfg.RetryInterval {
+		d.sendProbe(&s, now)
+	}
+	s.next = now.Add(cfg.RetryInterval)
+	return s
+}
+
+func (d *detector) startRound(s *step, now time.Time) {
+	d.probing, d.probes = now, 0
+	d.sendProbe(s, now)
+}
+
+// ackGranularity covers the kernel's millisecond (and jiffy) rounding of
+// tcpi_last_ack_recv.
+const ackGranularity = 10 * time.Millisecond
+
+func (d *detector) sendProbe(s *step, now time.Time) {
+	s.probe = true
+	d.lastProbe = now
+	d.probes++
+}
+
+// endRound: the peer answered (or sent something).
+func (d *detector) endRound(s *step) {
+	d.probing, d.probes = time.Time{}, 0
+	if d.suspect {
+		d.suspect = false
+		s.suspect = -1
+	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,298 @@
+package liveness
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+// sim drives a detector on fake time. lastRecv and kernel describe the
+// peer as a function of time; probes are answered (or not) by answer.
+type sim struct {
+	cfg      Config
+	d        detector
+	now      time.Time
+	lastRecv time.Time
+	probes   []time.Time
+	suspects []int
+	late     int
+	// answer, if set, returns the round trip of a probe sent at t, or false.
+	answer func(t time.Time) (time.Duration, bool)
+	kernel func(now time.Time) (KernelInfo, bool)
+	// lag, if set, is how late each check runs.
+	lag     func(due time.Time) time.Duration
+	answers []time.Time // pending answer arrival times
+}
+
+// run steps until a verdict or until the deadline; it returns the verdict
+// and when it came.
+func (s *sim) run(until time.Time) (*Verdict, time.Time) {
+	due := s.now
+	for !s.now.After(until) {
+		// deliver answers that arrived by now
+		rest := s.answers[:0]
+		for _, a := range s.answers {
+			if !a.After(s.now) {
+				if a.After(s.lastRecv) {
+					s.lastRecv = a
+				}
+			} else {
+				rest = append(rest, a)
+			}
+		}
+		s.answers = rest
+		var kernel func() (KernelInfo, bool)
+		if s.kernel != nil {
+			now := s.now
+			kernel = func() (KernelInfo, bool) { return s.kernel(now) }
+		}
+		st := s.d.check(&s.cfg, s.now, due, s.lastRecv, kernel)
+		if st.late {
+			s.late++
+		}
+		if st.suspect != 0 {
+			s.suspects = append(s.suspects, st.suspect)
+		}
+		if st.probe {
+			s.probes = append(s.probes, s.now)
+			if s.answer != nil {
+				if rtt, ok := s.answer(s.now); ok {
+					s.d.est.Observe(rtt)
+					s.answers = append(s.answers, s.now.Add(rtt))
+				}
+			}
+		}
+		if st.dead != nil {
+			return st.dead, s.now
+		}
+		if !st.next.After(s.now) {
+			panic("detector scheduled a check in the past")
+		}
+		due = st.next
+		s.now = st.next
+		if s.lag != nil {
+			s.now = s.now.Add(s.lag(due))
+		}
+		// an answer arriving before the next check moves it earlier only in
+		// the real monitor's favour; the sim checks at the scheduled time.
+	}
+	return nil, s.now
+}
+
+func newSim(cfg Config) *sim { return &sim{cfg: cfg, now: t0, lastRecv: t0} }
+
+func TestIdleHealthyPeerIsProbedOncePerInterval(t *testing.T) {
+	s := newSim(LAN())
+	s.answer = func(time.Time) (time.Duration, bool) { return 200 * time.Microsecond, true }
+	v, _ := s.run(t0.Add(10 * time.Second))
+	if v != nil {
+		t.Fatalf("healthy peer convicted: %v", v)
+	}
+	// One learning probe, then one per interval (plus its answer's delay).
+	if n := len(s.probes); n < 38 || n > 42 {
+		t.Fatalf("%d probes in 10 s at a 250 ms interval", n)
+	}
+	if len(s.suspects) != 0 {
+		t.Fatalf("suspected: %v", s.suspects)
+	}
+}
+
+func TestBusyPeerIsNotProbed(t *testing.T) {
+	s := newSim(LAN())
+	s.answer = func(time.Time) (time.Duration, bool) { return time.Millisecond, true }
+	s.run(t0) // learning probe
+	s.probes = nil
+	// Traffic every 100 ms: never idle for an interval.
+	for i := range 100 {
+		s.lastRecv = t0.Add(time.Duration(i) * 100 * time.Millisecond)
+		s.now = s.lastRecv.Add(99 * time.Millisecond)
+		st := s.d.check(&s.cfg, s.now, time.Time{}, s.lastRecv, nil)
+		if st.probe || st.dead != nil {
+			t.Fatalf("busy peer probed or convicted at step %d: %+v", i, st)
+		}
+	}
+}
+
+// A silent partition: no answers, and the kernel sees no acknowledgement.
+func TestSilentPartitionDetectedFast(t *testing.T) {
+	for _, cfg := range []Config{LAN(), LAN().WithInterval(100 * time.Millisecond), Local()} {
+		s := newSim(cfg)
+		cut := t0.Add(3*time.Second + 17*time.Millisecond)
+		s.answer = func(at time.Time) (time.Duration, bool) { return 300 * time.Microsecond, at.Before(cut) }
+		s.kernel = func(now time.Time) (KernelInfo, bool) {
+			return KernelInfo{LastAckRecv: now.Sub(cut), LastDataRecv: now.Sub(cut), Unacked: 3}, true
+		}
+		v, at := s.run(t0.Add(time.Minute))
+		if v == nil || v.Kind != Silent || !errors.Is(v, ErrMissedHeartbeats) {
+			t.Fatalf("interval %v: verdict %v", cfg.Interval, v)
+		}
+		took := at.Sub(cut)
+		bound := cfg.Interval + cfg.MinTimeout + cfg.RetryInterval
+		if took > bound {
+			t.Fatalf("interval %v: silent peer noticed after %v, bound %v", cfg.Interval, took, bound)
+		}
+		t.Logf("interval %v: noticed %v after the cut (%v)", cfg.Interval, took, v)
+		if len(s.suspects) != 1 || s.suspects[0] != 1 {
+			t.Fatalf("suspect events %v", s.suspects)
+		}
+	}
+}
+
+// A lossy link: answers stall, but the kernel keeps seeing ACKs (duplicate
+// ACKs of the retries). No verdict until the hang bound.
+func TestLossyLinkIsNotSilent(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	stall := t0.Add(2 * time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) {
+		if at.Before(stall) || !at.Before(stall.Add(1400*time.Millisecond)) {
+			return time.Millisecond, true
+		}
+		// The stream stalls 1.4 s (a segment lost three times), then all answers arrive.
+		return stall.Add(1400 * time.Millisecond).Sub(at), true
+	}
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		data := now.Sub(stall)
+		if end := stall.Add(1400 * time.Millisecond); !now.Before(end) {
+			data = 0
+		}
+		return KernelInfo{LastAckRecv: 3 * time.Millisecond, LastDataRecv: data, Unacked: 2}, true
+	}
+	v, _ := s.run(t0.Add(20 * time.Second))
+	if v != nil {
+		t.Fatalf("lossy link convicted: %v", v)
+	}
+	if len(s.suspects) != 2 {
+		t.Fatalf("want suspect then cleared, got %v", s.suspects)
+	}
+}
+
+// A hung process: its kernel acknowledges, it never answers.
+func TestHungPeer(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	hang := t0.Add(time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) { return time.Millisecond, at.Before(hang) }
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		return KernelInfo{LastAckRecv: time.Millisecond, LastDataRecv: now.Sub(hang), Unacked: 0}, true
+	}
+	v, at := s.run(t0.Add(time.Minute))
+	if v == nil || v.Kind != Hung {
+		t.Fatalf("verdict %v", v)
+	}
+	if took := at.Sub(hang); took < cfg.HangAfter || took > cfg.HangAfter+cfg.Interval+cfg.RetryInterval {
+		t.Fatalf("hung peer convicted after %v, want about %v", took, cfg.HangAfter)
+	}
+}
+
+// Without kernel evidence, DeadAfter decides.
+func TestNoKernelEvidence(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	cut := t0.Add(time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) { return time.Millisecond, at.Before(cut) }
+	v, at := s.run(t0.Add(time.Minute))
+	if v == nil || v.Kind != Unanswered {
+		t.Fatalf("verdict %v", v)
+	}
+	if took := at.Sub(cut); took < cfg.DeadAfter || took > cfg.Interval+cfg.MinTimeout+cfg.DeadAfter {
+		t.Fatalf("convicted after %v", took)
+	}
+}
+
+// Data waiting in our kernel is evidence of life, even if our reader is
+// starved and has not taken it.
+func TestKernelDataIsEvidence(t *testing.T) {
+	s := newSim(LAN())
+	stuck := t0.Add(time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) { return time.Millisecond, at.Before(stuck) }
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		return KernelInfo{LastAckRecv: time.Millisecond, LastDataRecv: 5 * time.Millisecond, Unacked: 1}, true
+	}
+	if v, _ := s.run(t0.Add(4 * time.Second)); v != nil {
+		t.Fatalf("convicted while data keeps arriving in the kernel: %v", v)
+	}
+}
+
+// When our own checks run late (we were paused), we re-probe instead of
+// convicting: a peer that answers the fresh probe is fine.
+func TestLateChecksReprobe(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	s.answer = func(time.Time) (time.Duration, bool) { return time.Millisecond, true }
+	s.run(t0)
+	// Paused 3 s: the peer's answers sat unread; when we run again, nothing
+	// has been read for 3 s.
+	s.lastRecv = t0
+	s.now = t0.Add(3 * time.Second)
+	due := t0.Add(cfg.Interval)
+	s.kernel = func(time.Time) (KernelInfo, bool) { return KernelInfo{LastAckRecv: 3 * time.Second, Unacked: 1}, true }
+	st := s.d.check(&s.cfg, s.now, due, s.lastRecv, func() (KernelInfo, bool) { return s.kernel(s.now) })
+	if st.dead != nil || !st.probe {
+		t.Fatalf("first check after a pause: %+v", st)
+	}
+	// Probing had not started: this starts a round. Pause again mid-round.
+	s.now = st.next.Add(time.Second)
+	st = s.d.check(&s.cfg, s.now, st.next, s.lastRecv, func() (KernelInfo, bool) { return s.kernel(s.now) })
+	if st.dead != nil || !st.late || !st.probe {
+		t.Fatalf("late check mid-round: %+v", st)
+	}
+}
+
+func TestTimeoutAdapts(t *testing.T) {
+	cfg := LAN()
+	var e Estimator
+	if got := e.Timeout(cfg.MinTimeout, cfg.MaxTimeout); got != cfg.MaxTimeout {
+		t.Fatalf("timeout before samples %v", got)
+	}
+	for range 50 {
+		e.Observe(100 * time.Microsecond)
+	}
+	if got := e.Timeout(cfg.MinTimeout, cfg.MaxTimeout); got != cfg.MinTimeout {
+		t.Fatalf("loopback timeout %v, want the floor", got)
+	}
+	for i := range 200 { // a Tor-like path: 0.8-1.2 s
+		e.Observe(800*time.Millisecond + time.Duration(i%5)*100*time.Millisecond)
+	}
+	got := e.Timeout(cfg.MinTimeout, cfg.MaxTimeout)
+	if got < time.Second || got > cfg.MaxTimeout {
+		t.Fatalf("timeout %v after 1 s round trips (SRTT %v, RTTVAR %v)", got, e.SRTT(), e.RTTVAR())
+	}
+	// RFC 6298 arithmetic on a known sequence.
+	var f Estimator
+	f.Observe(100 * time.Millisecond) // SRTT 100, RTTVAR 50
+	f.Observe(200 * time.Millisecond) // RTTVAR 3/4·50 + 1/4·100 = 62.5; SRTT 7/8·100 + 1/8·200 = 112.5
+	if f.SRTT() != 112500*time.Microsecond || f.RTTVAR() != 62500*time.Microsecond {
+		t.Fatalf("SRTT %v RTTVAR %v", f.SRTT(), f.RTTVAR())
+	}
+	if to := f.Timeout(0, time.Hour); to != 362500*time.Microsecond {
+		t.Fatalf("timeout %v, want 362.5ms", to)
+	}
+}
+
+// A slow peer (answers take 400 ms, steadily) is learnt: its timeout grows
+// and it is never suspected.
+func TestSlowPeerIsNotSuspected(t *testing.T) {
+	s := newSim(LAN())
+	s.answer = func(time.Time) (time.Duration, bool) { return 400 * time.Millisecond, true }
+	s.kernel = func(time.Time) (KernelInfo, bool) { return KernelInfo{LastAckRecv: time.Millisecond, Unacked: 1}, true }
+	if v, _ := s.run(t0.Add(30 * time.Second)); v != nil {
+		t.Fatalf("slow peer convicted: %v", v)
+	}
+	if len(s.suspects) > 2 { // the first answers may come before the estimator has learnt
+		t.Fatalf("slow peer suspected %d times", len(s.suspects)/2)
+	}
+}
+
+func TestPresetsValidate(t *testing.T) {
+	for name, c := range map[string]Config{"LAN": LAN(), "Local": Local(), "WAN": WAN(), "LAN/100ms": LAN().WithInterval(100 * time.Millisecond)} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := (Config{}).Validate(); err == nil {
+		t.Error("zero Config validated")
+	}
+}

@@ -1,0 +1,62 @@
+package tether
+
+import (
+	"crypto/tls"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tetherrpc/tether/liveness"
+	"github.com/tetherrpc/tether/rpc"
+)
+
+// Option configures a Node.
+type Option func(*options)
+
+type options struct {
+	heartbeat   time.Duration
+	liveness    *liveness.Config
+	logger      *zap.Logger
+	incidentDir string
+	tls         *tls.Config
+	hangAfter   time.Duration
+	rpc         rpc.Config
+	id          string
+}
+
+// WithHeartbeat sets the base probe interval: a peer that sends nothing for
+// this long is probed. Default 250 ms (liveness.LAN). The other liveness
+// bounds scale with it (see liveness.Config.WithInterval).
+func WithHeartbeat(d time.Duration) Option { return func(o *options) { o.heartbeat = d } }
+
+// WithLiveness sets every failure-detection bound at once, for instance
+// liveness.WAN() for Tor or intercontinental links. WithHeartbeat, if also
+// given, then scales it.
+func WithLiveness(c liveness.Config) Option { return func(o *options) { o.liveness = &c } }
+
+// WithLogger sets the logger the node writes to. Default: none. The node
+// logs one line per eviction (Warn), never one per failed call.
+func WithLogger(l *zap.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithIncidentDir enables incident reports: one file per incident, named
+// "incident-*", written in dir. Default: none.
+func WithIncidentDir(dir string) Option { return func(o *options) { o.incidentDir = dir } }
+
+// WithTLS runs mutual TLS on every connection; peer IDs are then derived
+// from peers' public keys (rpc.IDFromCertificate), and the node's own ID
+// from cfg.Certificates[0]. rpc.NewCertificate and rpc.TLSConfig make one.
+func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tls = cfg } }
+
+// WithHangAfter sets the bound past which a handler still running makes the
+// node unhealthy (see Node.Health). Default 30 s.
+func WithHangAfter(d time.Duration) Option { return func(o *options) { o.hangAfter = d } }
+
+// WithRPCConfig sets the connection limits and codec (message size,
+// concurrent calls per peer, handshake timeout, stream window, codec). Its
+// ID, Mux, TLS and Logger fields are the node's own and are ignored.
+func WithRPCConfig(c rpc.Config) Option { return func(o *options) { o.rpc = c } }
+
+// WithID sets the node's ID (without TLS; with TLS the ID is the key's).
+// Default: a random ID per process. Keep it across restarts so that peers
+// know the node again.
+func WithID(id string) Option { return func(o *options) { o.id = id } }

@@ -1,0 +1,223 @@
+package tether_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/liveness"
+	"github.com/tetherrpc/tether/partition"
+	"github.com/tetherrpc/tether/peer"
+	"github.com/tetherrpc/tether/rpc"
+)
+
+func portOf(t testing.TB, n *tether.Node) int {
+	_, p, err := net.SplitHostPort(n.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(p)
+	return port
+}
+
+// The heart of tether: a real silent partition (iptables DROP in a private
+// network namespace) with hundreds of calls outstanding. The peer is evicted
+// in about a second at the default heartbeat, every call fails at once with
+// ErrDeadReference, the other side cancels its handlers, one line is logged,
+// and the peer is reconnected after the heal.
+func TestSilentPartitionKernel(t *testing.T) {
+	if !partition.Isolated(t) {
+		return
+	}
+	zl, logs := observed()
+	a := node(t, tether.WithLogger(zl)) // default heartbeat: 250 ms
+	b := node(t, tether.WithRPCConfig(rpc.Config{MaxConcurrentCalls: 5000}))
+	running, cancelled := hold(b)
+	ev := subscribe(t, a.Peers())
+	evb := subscribe(t, b.Peers())
+	stop := a.Peers().Keep(b.Addr().String())
+	defer stop()
+	p := ev.next(t, peer.Connected, 5*time.Second).Peer
+	waitFor(t, func() bool { _, ok := b.Peers().Get(a.ID()); return ok }, "b to register a")
+
+	const n = 500
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- p.Call(context.Background(), "hold", nil, nil) }()
+	}
+	waitFor(t, func() bool { return running.Load() == n }, "calls to reach b")
+	time.Sleep(600 * time.Millisecond) // an idle stretch: a few probes teach a the round trip
+
+	t0 := time.Now()
+	heal, err := partition.DropPort(portOf(t, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := ev.next(t, peer.Disconnected, 10*time.Second)
+	detect := time.Since(t0)
+	var v *liveness.Verdict
+	if !errors.As(d.Cause, &v) || v.Kind != liveness.Silent || d.Calls != n {
+		t.Fatalf("eviction %+v (cause %v)", d, d.Cause)
+	}
+	t.Logf("silent peer evicted %v after the partition (%v); %d calls failed", detect, d.Cause, d.Calls)
+	if detect > time.Second {
+		t.Errorf("detection took %v, floor 1s", detect)
+	}
+	for range n {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, rpc.ErrDeadReference) || !errors.Is(err, liveness.ErrMissedHeartbeats) {
+				t.Fatalf("call error %v", err)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("a call outlived the eviction")
+		}
+	}
+	// b, cut off too, evicts a by itself and cancels the handlers serving it.
+	db := evb.next(t, peer.Disconnected, 10*time.Second)
+	if !errors.Is(db.Cause, liveness.ErrMissedHeartbeats) {
+		t.Fatalf("b's eviction of a: %v", db.Cause)
+	}
+	for range n {
+		select {
+		case <-cancelled:
+		case <-time.After(5 * time.Second):
+			t.Fatal("b's handlers were not cancelled")
+		}
+	}
+	if w := logs.FilterLevelExact(zapcore.WarnLevel).All(); len(w) != 1 || w[0].Message != "peer evicted" {
+		t.Fatalf("want one Warn line, got %+v", w)
+	}
+
+	if err := heal(); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Now()
+	c := ev.next(t, peer.Connected, 20*time.Second)
+	if !c.Reconnect || c.ID != b.ID() {
+		t.Fatalf("reconnect %+v", c)
+	}
+	t.Logf("reconnected %v after the heal", time.Since(t1))
+	if err := c.Peer.Call(context.Background(), "nope", nil, nil); !errors.Is(err, rpc.ErrUnknownMethod) {
+		t.Fatalf("call after reconnecting: %v", err)
+	}
+}
+
+// Detection time over repeated partitions, at the default heartbeat and at
+// 100 ms. TETHER_TRIALS sets the number of trials (default 8).
+func TestSilentPartitionDetectionTimes(t *testing.T) {
+	if !partition.Isolated(t) {
+		return
+	}
+	trials := envInt("TETHER_TRIALS", 8)
+	for _, hb := range []time.Duration{250 * time.Millisecond, 100 * time.Millisecond} {
+		a := node(t, tether.WithHeartbeat(hb))
+		var times []time.Duration
+		for i := range trials {
+			b := node(t)
+			b.Handle("ping", rpc.Func(echo))
+			ev := subscribe(t, a.Peers())
+			p := dial(t, a, b)
+			// Traffic, then quiet for a random part of an interval, as real
+			// partitions come at any phase of the probe cycle.
+			for range 5 {
+				p.Call(context.Background(), "ping", nil, nil)
+			}
+			time.Sleep(time.Duration(i) * hb / time.Duration(trials))
+			t0 := time.Now()
+			heal, err := partition.DropPort(portOf(t, b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev.next(t, peer.Disconnected, 10*time.Second)
+			times = append(times, time.Since(t0))
+			heal()
+			b.Close()
+		}
+		slices.Sort(times)
+		p50, max := times[len(times)/2], times[len(times)-1]
+		t.Logf("heartbeat %v: %d partitions noticed after p50 %v, max %v (all: %v)", hb, trials, p50, max, times)
+		if max > time.Second {
+			t.Errorf("heartbeat %v: a partition took %v to notice, floor 1s", hb, max)
+		}
+	}
+}
+
+// FirstK with one silent peer: reads keep completing on alternates at about
+// the fault-free latency, long before the peer is evicted.
+func TestFirstKWithSilentPeer(t *testing.T) {
+	if !partition.Isolated(t) {
+		return
+	}
+	client := node(t)
+	var nodes []*tether.Node
+	var refs []*peer.Peer
+	for i := range 5 {
+		s := node(t)
+		s.Handle("get", rpc.Func(func(ctx context.Context, key []byte) ([]byte, error) {
+			return []byte(fmt.Sprintf("share %d of %s", i, key)), nil
+		}))
+		nodes = append(nodes, s)
+		refs = append(refs, dial(t, client, s))
+	}
+	ev := subscribe(t, client.Peers())
+	read := func() (time.Duration, error) {
+		t0 := time.Now()
+		_, err := peer.FirstK(context.Background(), refs, 3, func(ctx context.Context, p *peer.Peer) ([]byte, error) {
+			var share []byte
+			err := p.Call(ctx, "get", []byte("k"), &share)
+			return share, err
+		})
+		return time.Since(t0), err
+	}
+	measure := func(n int) []time.Duration {
+		var ds []time.Duration
+		for range n {
+			d, err := read()
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			ds = append(ds, d)
+		}
+		slices.Sort(ds)
+		return ds
+	}
+	p99 := func(ds []time.Duration) time.Duration { return ds[len(ds)*99/100] }
+	measure(200) // warm up: the hedge learns
+	before := measure(300)
+
+	var evicted atomic.Bool
+	go func() {
+		ev.next(t, peer.Disconnected, 10*time.Second)
+		evicted.Store(true)
+	}()
+	heal, err := partition.DropPort(portOf(t, nodes[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer heal()
+	var during []time.Duration
+	for !evicted.Load() {
+		d, err := read()
+		if err != nil {
+			t.Fatalf("read during the partition: %v", err)
+		}
+		during = append(during, d)
+	}
+	slices.Sort(during)
+	hedge := client.Peers().Hedge().Delay()
+	t.Logf("k=3 of 5, one silent: p99 %v before, %v during the partition (%d reads, hedge delay %v)",
+		p99(before), p99(during), len(during), hedge)
+	if bound := p99(before)*3/2 + hedge; p99(during) > bound {
+		t.Errorf("read p99 during the partition %v > 1.5x before (%v) + hedge delay (%v)", p99(during), p99(before), hedge)
+	}
+}

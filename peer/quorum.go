@@ -1,0 +1,170 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Result is one successful call of FirstK.
+type Result[T any] struct {
+	Peer  *Peer
+	Value T
+	Took  time.Duration
+}
+
+// QuorumError says why FirstK could not get k answers.
+type QuorumError struct {
+	K, OK  int     // wanted, got
+	Errors []error // one per failed call, each naming its peer
+}
+
+func (e *QuorumError) Error() string {
+	return fmt.Sprintf("peer: %d of %d answers (%d peers failed): %v", e.OK, e.K, len(e.Errors), errors.Join(e.Errors...))
+}
+
+// Unwrap returns the calls' errors, for errors.Is and errors.As.
+func (e *QuorumError) Unwrap() []error { return e.Errors }
+
+// FirstK calls fn on peers from refs until k calls succeed, and returns
+// their results in the order they came. It starts k calls on the peers most
+// likely to answer (live and not suspect first); when a call fails it starts
+// one on an alternate at once, and when a call is overdue (slower than the
+// hedge delay learnt from how fast peers answer, see Hedge) it starts an
+// alternate beside it, as Tahoe's downloader does: a slow peer is overdue,
+// not dead. Once k have succeeded, the rest are cancelled and FirstK
+// returns without waiting for them; their late answers are dropped.
+//
+// fn gets a context that ends when FirstK no longer needs its answer; it
+// must not keep using what FirstK's caller owns after that.
+func FirstK[T any](ctx context.Context, refs []*Peer, k int, fn func(ctx context.Context, p *Peer) (T, error)) ([]Result[T], error) {
+	if k <= 0 {
+		return nil, nil
+	}
+	cands := candidates(refs)
+	if len(cands) < k {
+		return nil, &QuorumError{K: k, Errors: []error{fmt.Errorf("peer: %d live peers for a quorum of %d", len(cands), k)}}
+	}
+	hedge := hedgeOf(cands)
+	delay := hedge.Delay()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // the rest are cancelled when we return
+
+	type outcome struct {
+		i   int
+		v   T
+		err error
+		d   time.Duration
+	}
+	done := make(chan outcome, len(cands)) // buffered: late answers never block
+	started := make([]time.Time, len(cands))
+	hedged := make([]bool, len(cands))
+	active := make([]bool, len(cands))
+	next, running := 0, 0
+	launch := func() {
+		i := next
+		next++
+		running++
+		active[i] = true
+		started[i] = time.Now()
+		go func() {
+			v, err := fn(ctx, cands[i])
+			done <- outcome{i, v, err, time.Since(started[i])}
+		}()
+	}
+	for next < k {
+		launch()
+	}
+
+	results := make([]Result[T], 0, k)
+	var errs []error
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	for {
+		select {
+		case o := <-done:
+			running--
+			active[o.i] = false
+			if o.err == nil {
+				hedge.Observe(o.d)
+				results = append(results, Result[T]{Peer: cands[o.i], Value: o.v, Took: o.d})
+				if len(results) == k {
+					return results, nil
+				}
+				continue
+			}
+			errs = append(errs, fmt.Errorf("%v: %w", cands[o.i], o.err))
+			if next < len(cands) {
+				launch()
+			}
+			if len(results)+running < k {
+				return results, &QuorumError{K: k, OK: len(results), Errors: errs}
+			}
+		case <-timer.C:
+			// Every running call older than the delay gets one alternate.
+			now := time.Now()
+			for i := 0; i < next && next < len(cands); i++ {
+				if active[i] && !hedged[i] && started[i].Add(delay).Before(now) {
+					hedged[i] = true
+					cands[i].markOverdue()
+					launch()
+				}
+			}
+		case <-ctx.Done():
+			return results, ctx.Err()
+		}
+		// Re-arm for the oldest running call not yet hedged.
+		if wait, ok := nextHedge(started[:next], active, hedged, delay); ok && next < len(cands) {
+			timer.Reset(wait)
+		}
+	}
+}
+
+// nextHedge is how long until the oldest active call not yet hedged is
+// overdue.
+func nextHedge(started []time.Time, active, hedged []bool, delay time.Duration) (time.Duration, bool) {
+	var first time.Time
+	for i, s := range started {
+		if active[i] && !hedged[i] && (first.IsZero() || s.Before(first)) {
+			first = s
+		}
+	}
+	if first.IsZero() {
+		return 0, false
+	}
+	return max(time.Until(first.Add(delay)), 0), true
+}
+
+// candidates orders the live references: the healthy first, then the
+// overdue, then the suspect; the dead are left out.
+func candidates(refs []*Peer) []*Peer {
+	out := make([]*Peer, 0, len(refs))
+	for _, p := range refs {
+		if p != nil && p.Err() == nil {
+			out = append(out, p)
+		}
+	}
+	rank := func(p *Peer) int {
+		switch {
+		case p.Suspect():
+			return 2
+		case p.Overdue():
+			return 1
+		}
+		return 0
+	}
+	slices.SortStableFunc(out, func(a, b *Peer) int { return rank(a) - rank(b) })
+	return out
+}
+
+var defaultHedge = NewHedge()
+
+func hedgeOf(cands []*Peer) *Hedge {
+	if cands[0].reg != nil {
+		return cands[0].reg.hedge
+	}
+	return defaultHedge
+}

@@ -1,0 +1,332 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"go.uber.org/zap"
+
+	"github.com/tetherrpc/tether/liveness"
+	"github.com/tetherrpc/tether/rpc"
+)
+
+// Errors a Registry gives as causes of eviction, or returns.
+var (
+	// ErrEvicted is the cause given by Evict when the caller gives none.
+	ErrEvicted = errors.New("evicted")
+	// ErrReplaced is the cause of death of a reference replaced by a newer
+	// connection to the same peer.
+	ErrReplaced = errors.New("replaced by another connection to the same peer")
+	// ErrRegistryClosed is returned by a closed Registry.
+	ErrRegistryClosed = errors.New("peer: registry closed")
+)
+
+// Config configures a Registry. The zero value is valid except for Dial,
+// which Dial and Keep need.
+type Config struct {
+	// LocalID is this node's ID; it settles which of two simultaneous
+	// connections between the same pair of nodes both keep.
+	LocalID ID
+	// Dial connects to addr (Registry.Dial and Keep use it).
+	Dial func(ctx context.Context, addr string) (*rpc.Conn, error)
+	// Liveness sets failure detection. Default liveness.LAN().
+	Liveness liveness.Config
+	// NewBackOff makes the backoff of one kept address's reconnection
+	// loop (one each: a BackOff is not safe for concurrent use). Default:
+	// jittered exponential from 100 ms, doubling, capped at 10 s, never
+	// giving up (MaxElapsedTime 0: backoff/v4's default of 15 minutes
+	// would end the loop silently).
+	NewBackOff func() backoff.BackOff
+	// Logger receives one line per eviction (Warn; Info for a goodbye or a
+	// local close) and reconnection. Default: none.
+	Logger *zap.Logger
+}
+
+// DefaultBackOff is the reconnection backoff of a Config without one.
+func DefaultBackOff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 100 * time.Millisecond
+	b.RandomizationFactor = 0.5
+	b.Multiplier = 2
+	b.MaxInterval = 10 * time.Second
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+// Registry holds the current reference to each connected peer, evicts
+// references whose peers die or go silent, tells subscribers, and keeps
+// chosen addresses connected. One liveness monitor (one goroutine) watches
+// all its peers.
+type Registry struct {
+	cfg   Config
+	mon   *liveness.Monitor
+	log   *zap.Logger
+	hedge *Hedge
+
+	mu     sync.Mutex
+	peers  map[ID]*Peer
+	kept   map[string]*keeper
+	closed bool
+
+	events eventQueue
+}
+
+// New makes a Registry.
+func New(cfg Config) (*Registry, error) {
+	if cfg.Liveness == (liveness.Config{}) {
+		cfg.Liveness = liveness.LAN()
+	}
+	if cfg.NewBackOff == nil {
+		cfg.NewBackOff = DefaultBackOff
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	mon, err := liveness.NewMonitor(cfg.Liveness, nil)
+	if err != nil {
+		return nil, err
+	}
+	r := &Registry{
+		cfg:   cfg,
+		mon:   mon,
+		log:   cfg.Logger,
+		hedge: NewHedge(),
+		peers: make(map[ID]*Peer),
+		kept:  make(map[string]*keeper),
+	}
+	r.events.start()
+	return r, nil
+}
+
+// Liveness returns the registry's failure-detection bounds.
+func (r *Registry) Liveness() liveness.Config { return r.cfg.Liveness }
+
+// Monitor returns the registry's liveness monitor (for its statistics).
+func (r *Registry) Monitor() *liveness.Monitor { return r.mon }
+
+// Hedge returns the hedge delay learnt from FirstK calls on this
+// registry's peers.
+func (r *Registry) Hedge() *Hedge { return r.hedge }
+
+// Add registers a live connection and returns its reference. addr is where
+// it was dialed (dialed true) or where it came from. If the peer already has
+// a live reference, one of the two connections is closed: when both were
+// dialed by the same side the newer wins (the dialer gave up on the older);
+// when each side dialed one, both sides keep the one dialed by the node with
+// the smaller ID. Add returns the reference that stays.
+func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
+	p := &Peer{
+		id:       ID(c.RemoteID()),
+		conn:     c,
+		addr:     addr,
+		dialed:   dialed,
+		since:    time.Now(),
+		reg:      r,
+		quietFor: r.cfg.Liveness.Interval / 2,
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		c.Close()
+		return nil, ErrRegistryClosed
+	}
+	old := r.peers[p.id]
+	if old != nil && old.conn.Err() == nil && !r.newWins(old, p) {
+		r.mu.Unlock()
+		c.Abort(ErrReplaced)
+		return old, nil
+	}
+	r.peers[p.id] = p
+	reconnect := false
+	if k := r.kept[addr]; k != nil && dialed {
+		reconnect = k.everConnected
+		k.everConnected = true
+		p.kept = k
+	}
+	// Watch before anyone can see the reference; stop watching at death.
+	p.watch = r.mon.Watch(c, liveness.KernelSource(c.NetConn()), liveness.Events{
+		Suspect: func(s bool) { r.setSuspect(p, s) },
+		Dead:    func(v *liveness.Verdict) { p.Evict(v) },
+	})
+	r.mu.Unlock()
+
+	liveness.SetUserTimeout(c.NetConn(), r.cfg.Liveness.HangAfter)
+	context.AfterFunc(c.Context(), func() { r.gone(p) })
+	if old != nil {
+		old.Evict(ErrReplaced)
+	}
+	r.events.push(Event{Kind: Connected, ID: p.id, Peer: p, Reconnect: reconnect, Time: p.since})
+	if reconnect {
+		r.log.Info("peer reconnected", zap.String("peer", string(p.id)), zap.String("addr", addr))
+	}
+	return p, nil
+}
+
+// newWins decides between a live reference and a new one to the same peer.
+func (r *Registry) newWins(old, new *Peer) bool {
+	if old.dialed == new.dialed {
+		return true
+	}
+	// Each side dialed one: keep the one the smaller ID dialed, as the
+	// other side will.
+	weDialedNew := new.dialed
+	if r.cfg.LocalID < new.id {
+		return weDialedNew
+	}
+	return !weDialedNew
+}
+
+// Dial connects to addr with Config.Dial and registers the connection.
+func (r *Registry) Dial(ctx context.Context, addr string) (*Peer, error) {
+	if r.cfg.Dial == nil {
+		return nil, errors.New("peer: the Registry's Config has no Dial")
+	}
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return nil, ErrRegistryClosed
+	}
+	c, err := r.cfg.Dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	return r.Add(c, addr, true)
+}
+
+// Get returns the current live reference to id.
+func (r *Registry) Get(id ID) (*Peer, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, ok := r.peers[id]
+	if ok && p.conn.Err() != nil {
+		return nil, false
+	}
+	return p, ok
+}
+
+// List returns the current references, in no particular order.
+func (r *Registry) List() []*Peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Peer, 0, len(r.peers))
+	for _, p := range r.peers {
+		if p.conn.Err() == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Evict evicts the current reference to id with cause (ErrEvicted if nil):
+// no call goes out on it from this instant, its outstanding calls fail at
+// once, its handlers are cancelled, and subscribers are told. A kept address
+// reconnects with backoff. It reports whether there was a live reference.
+func (r *Registry) Evict(id ID, cause error) bool {
+	if cause == nil {
+		cause = ErrEvicted
+	}
+	r.mu.Lock()
+	p := r.peers[id]
+	r.mu.Unlock()
+	if p == nil || p.conn.Err() != nil {
+		return false
+	}
+	p.Evict(cause)
+	return true
+}
+
+func (r *Registry) setSuspect(p *Peer, s bool) {
+	if p.suspect.Swap(s) == s {
+		return
+	}
+	kind := Recovered
+	if s {
+		kind = Suspected
+	}
+	r.events.push(Event{Kind: kind, ID: p.id, Peer: p, Time: time.Now()})
+}
+
+// gone runs once when a reference's connection dies, whatever the cause.
+func (r *Registry) gone(p *Peer) {
+	p.watch.Stop()
+	st := p.conn.Stats()
+	var de *rpc.DeadError
+	var cause error = rpc.ErrClosed
+	if errors.As(p.conn.Err(), &de) {
+		cause = de.Cause
+	}
+	r.mu.Lock()
+	if r.peers[p.id] == p {
+		delete(r.peers, p.id)
+	}
+	k := p.kept
+	p.kept = nil
+	closing := r.closed
+	r.mu.Unlock()
+
+	fields := []zap.Field{
+		zap.String("peer", string(p.id)), zap.String("addr", p.addr),
+		zap.String("cause", cause.Error()), zap.Int("calls_cancelled", st.FailedAtDeath),
+		zap.Duration("connected_for", time.Since(p.since).Round(time.Millisecond)),
+	}
+	if quiet(cause) || closing {
+		r.log.Info("peer disconnected", fields...)
+	} else {
+		r.log.Warn("peer evicted", fields...)
+	}
+	r.events.push(Event{Kind: Disconnected, ID: p.id, Peer: p, Cause: cause, Calls: st.FailedAtDeath, Time: time.Now()})
+	if k != nil && !closing {
+		k.retry(r)
+	}
+}
+
+// quiet causes are ordinary goodbyes, logged at Info rather than Warn.
+func quiet(cause error) bool {
+	return errors.Is(cause, rpc.ErrClosed) || errors.Is(cause, rpc.ErrPeerLeft) || errors.Is(cause, ErrReplaced)
+}
+
+// Close stops reconnecting, closes every connection (telling each peer
+// goodbye), stops the liveness monitor and delivers the last events.
+func (r *Registry) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	peers := make([]*Peer, 0, len(r.peers))
+	for _, p := range r.peers {
+		peers = append(peers, p)
+	}
+	kept := r.kept
+	r.kept = map[string]*keeper{}
+	r.mu.Unlock()
+
+	for _, k := range kept {
+		k.stop()
+	}
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.conn.Close()
+		}()
+	}
+	wg.Wait()
+	r.mon.Close()
+	r.events.close()
+	return nil
+}
+
+func (r *Registry) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fmt.Sprintf("peer.Registry(%d peers, %d kept)", len(r.peers), len(r.kept))
+}

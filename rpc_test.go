@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -250,6 +251,7 @@ func TestEvictionFailsOutstandingCallsAtOnce(t *testing.T) {
 		}
 	}
 	time.Sleep(50 * time.Millisecond) // let any stray second event or log line arrive
+	a.Logger().Sync()
 	if c := ev.count(peer.Disconnected); c != 1 {
 		t.Fatalf("%d disconnect events, want 1", c)
 	}
@@ -285,6 +287,7 @@ func TestGoodbyeAndReconnect(t *testing.T) {
 	if !errors.Is(d.Cause, rpc.ErrPeerLeft) {
 		t.Fatalf("cause %v, want ErrPeerLeft", d.Cause)
 	}
+	a.Logger().Sync()
 	if logs.FilterLevelExact(zapcore.WarnLevel).Len() != 0 {
 		t.Fatalf("a goodbye logged at Warn: %+v", logs.FilterLevelExact(zapcore.WarnLevel).All())
 	}
@@ -330,4 +333,60 @@ func envInt(name string, def int) int {
 		return v
 	}
 	return def
+}
+
+// A storm of failures makes no incident when it is a dead peer (logged at
+// Warn), and exactly one when the node logs a burst of errors.
+func TestIncidentStorm(t *testing.T) {
+	dir := t.TempDir()
+	zl, logs := observed()
+	a, err := tether.Listen("127.0.0.1:0", tether.WithLogger(zl), tether.WithIncidentDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := node(t)
+	running, _ := hold(b)
+	p := dial(t, a, b)
+	const n = 100
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- p.Call(context.Background(), "hold", nil, nil) }()
+	}
+	waitFor(t, func() bool { return running.Load() == n }, "calls to reach b")
+	a.Peers().Evict(p.ID(), errors.New("gone"))
+	for range n {
+		<-errs
+	}
+	// A burst of errors from many goroutines: one incident.
+	var wg sync.WaitGroup
+	for g := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				a.Logger().Error("share corrupt", zap.Int("g", g), zap.Int("i", i))
+			}
+		}()
+	}
+	wg.Wait()
+	a.Close() // writes the open incident
+	files, _ := filepath.Glob(filepath.Join(dir, "incident-*.json"))
+	if len(files) != 1 {
+		t.Fatalf("%d incident files, want 1: %v", len(files), files)
+	}
+	data, _ := os.ReadFile(files[0])
+	if !bytes.Contains(data, []byte(`"triggers":1000`)) {
+		t.Fatalf("the incident does not count 1000 triggers:\n%s", lastLine(data))
+	}
+	if got := logs.FilterMessage("share corrupt").Len(); got != 1000 {
+		t.Fatalf("%d error lines reached the sink, want 1000", got)
+	}
+}
+
+func lastLine(b []byte) []byte {
+	b = bytes.TrimRight(b, "\n")
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		return b[i+1:]
+	}
+	return b
 }

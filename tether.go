@@ -30,7 +30,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/tetherrpc/tether/incident"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -45,6 +47,8 @@ type Node struct {
 	rcfg   *rpc.Config
 	logger *zap.Logger
 	opts   options
+	async  *incident.AsyncCore // nil without WithLogger
+	rec    *incident.Recorder  // nil without WithIncidentDir
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -65,9 +69,6 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.logger == nil {
-		o.logger = zap.NewNop()
-	}
 	lc := liveness.LAN()
 	if o.liveness != nil {
 		lc = *o.liveness
@@ -77,14 +78,18 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		return nil, err
 	}
 
-	n := &Node{mux: rpc.NewMux(), logger: o.logger, opts: o, hs: make(chan struct{}, maxPendingHandshakes)}
+	n := &Node{mux: rpc.NewMux(), opts: o, hs: make(chan struct{}, maxPendingHandshakes)}
+	if err := n.startLogging(); err != nil {
+		return nil, err
+	}
 	rc := o.rpc
-	rc.ID, rc.Mux, rc.TLS, rc.Logger = o.id, n.mux, o.tls, o.logger
+	rc.ID, rc.Mux, rc.TLS, rc.Logger = o.id, n.mux, o.tls, n.logger
 	if o.tls != nil {
 		rc.ID = ""
 	}
 	resolved, err := rpcResolve(rc)
 	if err != nil {
+		n.stopLogging()
 		return nil, err
 	}
 	n.rcfg = resolved
@@ -93,15 +98,17 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		LocalID:  peer.ID(resolved.ID),
 		Dial:     n.dialConn,
 		Liveness: lc,
-		Logger:   o.logger,
+		Logger:   n.logger,
 	})
 	if err != nil {
+		n.stopLogging()
 		return nil, err
 	}
 	n.reg = reg
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		reg.Close()
+		n.stopLogging()
 		return nil, err
 	}
 	n.ln = ln
@@ -142,9 +149,48 @@ func (n *Node) HandleStream(method string, h rpc.StreamHandler) { n.mux.HandleSt
 // Peers is the node's registry of peers: Get, List, Subscribe, Evict, Keep.
 func (n *Node) Peers() *peer.Registry { return n.reg }
 
-// Logger is the logger the node writes to; log through it to share the
-// node's pipeline.
+// Logger is the logger feeding the node's pipeline: the WithLogger
+// logger's core behind incident.Async (so no log call ever waits for a slow
+// sink), teed with the incident recorder of WithIncidentDir. Log through it.
 func (n *Node) Logger() *zap.Logger { return n.logger }
+
+// startLogging builds the node's log pipeline.
+func (n *Node) startLogging() error {
+	var cores []zapcore.Core
+	base := zap.NewNop()
+	if n.opts.logger != nil {
+		base = n.opts.logger
+		n.async = incident.Async(base.Core())
+		cores = append(cores, n.async)
+	}
+	if n.opts.incidentDir != "" {
+		rec, err := incident.NewRecorder(n.opts.incidentDir, incident.WithWriteErrorHandler(func(err error) {
+			if n.async != nil {
+				n.logger.Warn("incident file not written", zap.Error(err))
+			}
+		}))
+		if err != nil {
+			if n.async != nil {
+				n.async.Close()
+			}
+			return err
+		}
+		n.rec = rec
+		cores = append(cores, rec)
+	}
+	n.logger = base.WithOptions(zap.WrapCore(func(zapcore.Core) zapcore.Core { return zapcore.NewTee(cores...) }))
+	return nil
+}
+
+// stopLogging flushes the pipeline (within its bounds) and stops it.
+func (n *Node) stopLogging() {
+	if n.rec != nil {
+		n.rec.Close()
+	}
+	if n.async != nil {
+		n.async.Close()
+	}
+}
 
 // Dial connects to addr and returns the peer's live reference, registered.
 // addr is "host:port", or "ID@host:port" to refuse any peer but that one
@@ -225,6 +271,7 @@ func (n *Node) Close() error {
 		n.ln.Close()
 		n.wg.Wait() // handshakes in progress end with n.ctx
 		n.reg.Close()
+		n.stopLogging()
 	})
 	return nil
 }

@@ -14,8 +14,9 @@ import (
 // suspect, and probed again every RetryInterval so its kernel has fresh
 // segments to acknowledge. Then the kernel decides (Linux, TCP):
 //
-//   - no answer and no TCP acknowledgement since probing began: a silent
-//     partition. Dead at once.
+//   - segments in flight and no TCP acknowledgement at all for longer than
+//     the kernel's own RTO estimate (StallBound on a link that lately
+//     needed retries): a silent partition. Dead at once.
 //   - acknowledgements but no answer: the link is lossy (a retransmission
 //     stalls the stream) or the peer process hangs. Dead after HangAfter
 //     without an answer, a bound longer than a lossy link's stalls.
@@ -30,6 +31,12 @@ type Config struct {
 	MinTimeout, MaxTimeout time.Duration
 	// RetryInterval is how often an overdue peer is probed again.
 	RetryInterval time.Duration
+	// StallBound: on a link that lately needed retries to get an answer
+	// (loss, congestion, pauses), the kernel must see no acknowledgement for
+	// this long before the peer is deemed silent; on a clean link, the
+	// kernel's own RTO estimate, clamped to [MinTimeout, MaxTimeout], is
+	// enough.
+	StallBound time.Duration
 	// HangAfter is how long a peer may go without answering while its
 	// kernel still acknowledges: then its process is deemed hung. It is
 	// also the connection's TCP_USER_TIMEOUT, so writes stuck in the kernel
@@ -56,6 +63,13 @@ func LAN() Config {
 		MinTimeout: 250 * time.Millisecond,
 		// 2 s ceiling: a peer whose answers are that slow is overdue anyway.
 		MaxTimeout: 2 * time.Second,
+		// 1.2 s on a lossy link: once the retransmission timer fires, the
+		// kernel sends nothing new until an ACK comes, so a live lossy link
+		// can be quiet for its backoff (200 + 400 ms after a segment is lost
+		// twice). At 5% loss each way, 1.2 s of silence on a live link needs
+		// some seven losses in a row (about 1 in 10^7 rounds), and a real
+		// partition is still noticed within Interval + 1.2 s < 2 s.
+		StallBound: 1200 * time.Millisecond,
 		// 50 ms: while overdue, each retry is a new segment, which a live
 		// kernel acknowledges at once even when an earlier one was lost
 		// (a duplicate ACK), so a lossy link is not taken for a silent one.
@@ -80,6 +94,7 @@ func Local() Config {
 		Interval:      50 * time.Millisecond,
 		MinTimeout:    100 * time.Millisecond, // above the 40 ms delayed ACK
 		MaxTimeout:    500 * time.Millisecond,
+		StallBound:    600 * time.Millisecond,
 		RetryInterval: 20 * time.Millisecond,
 		HangAfter:     time.Second,
 		DeadAfter:     300 * time.Millisecond,
@@ -94,6 +109,7 @@ func WAN() Config {
 		Interval:      time.Second,      // probes cost more on metered links
 		MinTimeout:    2 * time.Second,  // twice a Tor circuit's typical RTT
 		MaxTimeout:    10 * time.Second, // Tor circuits stall for seconds when rebuilt
+		StallBound:    6 * time.Second,  // RTOs start at 1 s on such paths
 		RetryInterval: 250 * time.Millisecond,
 		HangAfter:     30 * time.Second, // retransmission timeouts start at 1 s here
 		DeadAfter:     10 * time.Second,
@@ -104,12 +120,12 @@ func WAN() Config {
 // Validate reports a Config whose bounds contradict each other.
 func (c Config) Validate() error {
 	switch {
-	case c.Interval <= 0 || c.MinTimeout <= 0 || c.RetryInterval <= 0 || c.HangAfter <= 0 || c.DeadAfter <= 0 || c.LateSlack <= 0:
+	case c.Interval <= 0 || c.MinTimeout <= 0 || c.RetryInterval <= 0 || c.StallBound <= 0 || c.HangAfter <= 0 || c.DeadAfter <= 0 || c.LateSlack <= 0:
 		return fmt.Errorf("liveness: every bound must be positive: %+v", c)
 	case c.MaxTimeout < c.MinTimeout:
 		return fmt.Errorf("liveness: MaxTimeout %v below MinTimeout %v", c.MaxTimeout, c.MinTimeout)
-	case c.HangAfter < c.MaxTimeout:
-		return fmt.Errorf("liveness: HangAfter %v below MaxTimeout %v", c.HangAfter, c.MaxTimeout)
+	case c.HangAfter < c.MaxTimeout || c.HangAfter < c.StallBound:
+		return fmt.Errorf("liveness: HangAfter %v below MaxTimeout %v or StallBound %v", c.HangAfter, c.MaxTimeout, c.StallBound)
 	}
 	return nil
 }

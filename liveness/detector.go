@@ -57,7 +57,8 @@ type detector struct {
 	lastProbe time.Time
 	probes    int // probes sent this round
 	suspect   bool
-	urgent    bool // Kick: start a round now, idle or not
+	urgent    bool      // Kick: start a round now, idle or not
+	stalledAt time.Time // when an answer last needed retries
 }
 
 // step is what the detector decided at one check.
@@ -71,7 +72,7 @@ type step struct {
 
 // check decides what to do at now. due is when the check was meant to run;
 // lastRecv is when bytes last arrived; kernel, if not nil, reads the kernel's
-// evidence (it is called only for an overdue peer).
+// evidence (it is called only while a round of probing is overdue).
 func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func() (KernelInfo, bool)) (s step) {
 	if d.est.Samples() == 0 && d.lastProbe.IsZero() {
 		s.probe = true // learn the round trip at once
@@ -80,7 +81,12 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func(
 	urgent := d.urgent
 	d.urgent = false
 	if !d.probing.IsZero() && lastRecv.After(d.probing) {
-		d.endRound(&s) // it answered (or sent anything at all)
+		// It answered (or sent anything at all). An answer that needed
+		// retries means the link loses or stalls packets: remember it.
+		if d.probes > 1 {
+			d.stalledAt = now
+		}
+		d.endRound(&s)
 	}
 	idle := now.Sub(lastRecv)
 	timeout := d.est.Timeout(cfg.MinTimeout, cfg.MaxTimeout)
@@ -102,18 +108,18 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func(
 		return s
 	}
 	waited := now.Sub(d.probing)
-	if waited < timeout {
-		// Once an answer is later than usual, probe again every
-		// RetryInterval: fresh segments for the peer's kernel to acknowledge.
-		if waited >= max(cfg.RetryInterval, d.est.SRTT()+2*d.est.RTTVAR()) && now.Sub(d.lastProbe) >= cfg.RetryInterval {
-			d.sendProbe(&s, now)
-		}
-		s.next = earliest(d.probing.Add(timeout), now.Add(cfg.RetryInterval))
-		return s
+	// Once an answer is later than usual, probe again every RetryInterval:
+	// fresh segments for the peer's kernel to acknowledge.
+	if waited >= max(cfg.RetryInterval, d.est.SRTT()+2*d.est.RTTVAR()) && now.Sub(d.lastProbe) >= cfg.RetryInterval {
+		d.sendProbe(&s, now)
 	}
-	if !d.suspect {
+	if waited >= timeout && !d.suspect {
 		d.suspect = true
 		s.suspect = +1
+	}
+	if waited < min(timeout, cfg.MinTimeout) {
+		s.next = earliest(d.probing.Add(min(timeout, cfg.MinTimeout)), now.Add(cfg.RetryInterval))
+		return s
 	}
 	var ki KernelInfo
 	ok := false
@@ -126,22 +132,35 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func(
 		idle = ki.LastDataRecv
 	}
 	switch {
-	case ok && idle >= waited && ki.Unacked > 0 && ki.LastAckRecv+ackGranularity >= waited && d.probes >= silentProbes:
+	case ok && d.silent(cfg, now, waited, ki):
 		s.dead = &Verdict{Kind: Silent, Silence: idle}
 	case idle >= cfg.HangAfter && ok:
 		s.dead = &Verdict{Kind: Hung, Silence: idle}
-	case idle >= cfg.HangAfter || (!ok && waited >= cfg.DeadAfter):
+	case idle >= cfg.HangAfter || (!ok && waited >= max(timeout, cfg.DeadAfter)):
 		s.dead = &Verdict{Kind: Unanswered, Silence: idle}
-	}
-	if s.dead != nil {
-		return s
-	}
-	if now.Sub(d.lastProbe) >= cfg.RetryInterval {
-		d.sendProbe(&s, now)
 	}
 	s.next = now.Add(cfg.RetryInterval)
 	return s
 }
+
+// silent reports whether the kernel's evidence shows a silent partition:
+// segments in flight, fresh probes among them (a round of at least
+// MinTimeout), and no acknowledgement at all for longer than a live path
+// allows. How long that is comes from the
+// kernel's own round-trip estimate, and is StallBound on a link that has
+// lately needed retries (loss, congestion, pauses), whose live stalls are
+// longer.
+func (d *detector) silent(cfg *Config, now time.Time, waited time.Duration, ki KernelInfo) bool {
+	bound := min(max(ki.RTT+4*ki.RTTVar, cfg.MinTimeout), cfg.MaxTimeout)
+	if !d.stalledAt.IsZero() && now.Sub(d.stalledAt) < stallMemory {
+		bound = max(bound, cfg.StallBound)
+	}
+	return ki.Unacked > 0 && d.probes >= silentProbes && waited >= cfg.MinTimeout && ki.LastAckRecv+ackGranularity >= bound
+}
+
+// stallMemory is how long a link that needed retries is treated as one
+// that may stall.
+const stallMemory = 5 * time.Minute
 
 func (d *detector) startRound(s *step, now time.Time) {
 	d.probing, d.probes = now, 0

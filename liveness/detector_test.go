@@ -296,3 +296,60 @@ func TestPresetsValidate(t *testing.T) {
 		t.Error("zero Config validated")
 	}
 }
+
+// On a link that lately needed retries, the kernel must be silent for
+// StallBound before the peer is convicted; a real partition is still
+// noticed within Interval + StallBound.
+func TestStalledLinkWaitsLonger(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	stall := t0.Add(time.Second)
+	cut := t0.Add(10 * time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) {
+		if at.After(stall) && at.Before(stall.Add(time.Second)) {
+			return stall.Add(time.Second).Sub(at), true // answers stall for a second
+		}
+		return 300 * time.Microsecond, at.Before(cut)
+	}
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		if now.After(cut) {
+			return KernelInfo{LastAckRecv: now.Sub(cut), LastDataRecv: now.Sub(cut), Unacked: 4}, true
+		}
+		return KernelInfo{LastAckRecv: time.Millisecond, LastDataRecv: time.Millisecond, Unacked: 1}, true
+	}
+	v, at := s.run(t0.Add(time.Minute))
+	if v == nil || v.Kind != Silent {
+		t.Fatalf("verdict %v", v)
+	}
+	took := at.Sub(cut)
+	if took < cfg.StallBound || took > cfg.Interval+cfg.StallBound+cfg.RetryInterval {
+		t.Fatalf("partition of a stalled link noticed after %v, want between %v and %v", took, cfg.StallBound, cfg.Interval+cfg.StallBound+cfg.RetryInterval)
+	}
+}
+
+// During bulk transfer, probes wait behind the data, so their round trips
+// (and the adaptive timeout) swell; the kernel's evidence still convicts a
+// silent peer on the kernel's time scale.
+func TestSilentDuringBulkTransfer(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	cut := t0.Add(5 * time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) {
+		return 1500 * time.Millisecond, at.Add(1500 * time.Millisecond).Before(cut)
+	}
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		ki := KernelInfo{LastAckRecv: 5 * time.Millisecond, Unacked: 40, RTT: 30 * time.Millisecond, RTTVar: 10 * time.Millisecond}
+		if now.After(cut) {
+			ki.LastAckRecv = now.Sub(cut)
+		}
+		ki.LastDataRecv = ki.LastAckRecv
+		return ki, true
+	}
+	v, at := s.run(t0.Add(time.Minute))
+	if v == nil || v.Kind != Silent {
+		t.Fatalf("verdict %v", v)
+	}
+	if took := at.Sub(cut); took > 2*time.Second {
+		t.Fatalf("noticed after %v", took)
+	}
+}

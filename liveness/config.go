@@ -143,7 +143,7 @@ func (c Config) WithInterval(d time.Duration) Config {
 		return max(s, floor)
 	}
 	c.MinTimeout = scale(c.MinTimeout, 100*time.Millisecond)
-	c.MaxTimeout = max(scale(c.MaxTimeout, 500*time.Millisecond), c.MinTimeout)
+	c.MaxTimeout = min(max(scale(c.MaxTimeout, 500*time.Millisecond), c.MinTimeout), c.HangAfter)
 	c.RetryInterval = scale(c.RetryInterval, 10*time.Millisecond)
 	c.DeadAfter = scale(c.DeadAfter, 300*time.Millisecond)
 	c.Interval = d

@@ -1,0 +1,46 @@
+package tether_test
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/peer"
+	"github.com/tetherrpc/tether/rpc"
+)
+
+// Two nodes on loopback: one serves, the other dials and calls; then the
+// server leaves and the caller's reference dies at once.
+func Example() {
+	ctx := context.Background()
+	server, _ := tether.Listen("127.0.0.1:0")
+	server.Handle("storage.get", rpc.Func(func(ctx context.Context, key []byte) ([]byte, error) {
+		return append([]byte("share of "), key...), nil
+	}))
+	client, _ := tether.Listen("127.0.0.1:0")
+	defer client.Close()
+
+	gone := make(chan peer.Event, 1)
+	client.Peers().Subscribe(func(ev peer.Event) {
+		if ev.Kind == peer.Disconnected {
+			gone <- ev
+		}
+	})
+	p, err := client.Dial(ctx, server.Addr().String())
+	if err != nil {
+		panic(err)
+	}
+	var share []byte
+	p.Call(ctx, "storage.get", []byte("k1"), &share)
+	fmt.Println(string(share))
+
+	server.Close()
+	ev := <-gone
+	fmt.Println(ev.Kind, ev.Cause)
+	<-p.Done()
+	fmt.Println(p.Call(ctx, "storage.get", []byte("k1"), &share) != nil)
+	// Output:
+	// share of k1
+	// disconnected peer left: "closed"
+	// true
+}

@@ -35,11 +35,11 @@ type Conn struct {
 	base context.Context // parent of handler contexts; carries the Conn
 
 	mu      sync.Mutex
-	pending map[uint64]*call       // our calls awaiting an answer
-	serving map[uint64]*serverCall // the peer's calls and streams running here
-	probes  map[uint64]probe       // our pings awaiting a pong
-	nextID  uint64                 // last call or stream ID issued
-	probeID uint64                 // last ping nonce issued
+	pending map[uint64]*call    // our calls awaiting an answer
+	serving map[uint64]*callCtx // the peer's calls and streams running here
+	probes  map[uint64]probe    // our pings awaiting a pong
+	nextID  uint64              // last call or stream ID issued
+	probeID uint64              // last ping nonce issued
 	dead    *DeadError
 
 	closed  atomic.Bool
@@ -53,8 +53,9 @@ type Conn struct {
 	ctlq, wq []outFrame // control frames go first
 	spareCtl []outFrame
 	spareQ   []outFrame
-	writing  bool
+	writing  bool // the writer holds a batch
 	wclosed  bool
+	wake     chan struct{} // 1-buffered: frames are queued
 	batch    []byte
 
 	wg sync.WaitGroup // reader, acceptor, writer
@@ -120,11 +121,6 @@ func putCall(cl *call) {
 	callPool.Put(cl)
 }
 
-type serverCall struct {
-	cancel    context.CancelFunc
-	cancelled bool // the caller gave up: no answer is sent
-}
-
 type probe struct {
 	sent int64
 	fn   func(time.Duration)
@@ -149,15 +145,17 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 		sess:     sess,
 		ctrl:     ctrl,
 		pending:  make(map[uint64]*call),
-		serving:  make(map[uint64]*serverCall),
+		serving:  make(map[uint64]*callCtx),
 		probes:   make(map[uint64]probe),
 		done:     make(chan struct{}),
+		wake:     make(chan struct{}, 1),
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.ctx, c.kill = context.WithCancelCause(context.Background())
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go c.readLoop()
 	go c.acceptLoop()
+	go c.writeLoop()
 	return c
 }
 
@@ -413,8 +411,8 @@ func (c *Conn) Abort(cause error) int {
 		cl.err = c.dead
 		cl.done <- struct{}{}
 	}
-	for _, sc := range serving {
-		sc.cancel()
+	for _, cc := range serving {
+		cc.cancel(context.Canceled)
 	}
 	close(c.done)
 	c.kill(c.dead)
@@ -472,47 +470,50 @@ func (c *Conn) enqueue(f outFrame, control bool) bool {
 	} else {
 		c.wq = append(c.wq, f)
 	}
-	start := !c.writing
-	if start {
-		c.writing = true
-		c.wg.Add(1)
-	}
 	c.wmu.Unlock()
-	if start {
-		go c.writeLoop()
+	select {
+	case c.wake <- struct{}{}:
+	default: // already woken
 	}
 	return true
 }
 
-// writeLoop runs while frames are queued: one goroutine, started on demand,
-// so an idle connection costs no writer goroutine. Everything queued at once
-// goes out in one write, control frames first.
+// writeLoop is the connection's one writer. Everything queued at once goes
+// out in one write, control frames first. It is a goroutine of its own (not
+// the caller's), so a write blocked in the kernel never holds up a caller
+// whose context ends; and a long-lived one, because starting a goroutine
+// per batch costs an allocation per call.
 func (c *Conn) writeLoop() {
 	defer c.wg.Done()
 	for {
-		c.wmu.Lock()
-		if c.wclosed || (len(c.ctlq) == 0 && len(c.wq) == 0) {
-			c.writing = false
-			c.wmu.Unlock()
+		select {
+		case <-c.wake:
+		case <-c.done:
 			return
 		}
-		ctl, q := c.ctlq, c.wq
-		c.ctlq, c.wq = c.spareCtl[:0], c.spareQ[:0]
-		c.wmu.Unlock()
-
-		err := c.writeBatch(ctl, q)
-		clear(ctl)
-		clear(q)
-
-		c.wmu.Lock()
-		c.spareCtl, c.spareQ = ctl[:0], q[:0]
-		c.wmu.Unlock()
-		if err != nil {
-			c.Abort(c.transportCause(err))
+		for {
 			c.wmu.Lock()
-			c.writing = false
+			if c.wclosed || (len(c.ctlq) == 0 && len(c.wq) == 0) {
+				c.writing = false
+				c.wmu.Unlock()
+				break
+			}
+			c.writing = true
+			ctl, q := c.ctlq, c.wq
+			c.ctlq, c.wq = c.spareCtl[:0], c.spareQ[:0]
 			c.wmu.Unlock()
-			return
+
+			err := c.writeBatch(ctl, q)
+			clear(ctl)
+			clear(q)
+
+			c.wmu.Lock()
+			c.spareCtl, c.spareQ = ctl[:0], q[:0]
+			c.wmu.Unlock()
+			if err != nil {
+				c.Abort(c.transportCause(err))
+				return
+			}
 		}
 	}
 }
@@ -612,11 +613,11 @@ func (c *Conn) handleFrame(h header, p []byte) error {
 		return c.finishCall(h, p)
 	case kindCancel:
 		c.mu.Lock()
-		if sc := c.serving[h.id]; sc != nil && !sc.cancelled {
-			sc.cancelled = true
-			sc.cancel()
-		}
+		cc := c.serving[h.id]
 		c.mu.Unlock()
+		if cc != nil {
+			cc.abandon()
+		}
 	case kindPing:
 		c.enqueue(outFrame{kind: kindPong, id: h.id}, true)
 	case kindPong:
@@ -677,41 +678,37 @@ func (c *Conn) finishProbe(nonce uint64) error {
 	return nil
 }
 
-// admit registers one of the peer's calls or streams, or says why not. The
-// context it returns ends at the timeout, if any, or when released.
-func (c *Conn) admit(id uint64, timeout time.Duration) (context.Context, *serverCall, Code, error) {
+// admit registers one of the peer's calls or streams, or says why not. Its
+// context ends at the timeout, if any, on the caller's cancel, when the
+// connection dies, or when released.
+func (c *Conn) admit(id uint64, timeout time.Duration) (*callCtx, Code, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.dead != nil {
-		return nil, nil, CodeUnavailable, c.dead
+		return nil, CodeUnavailable, c.dead
 	}
 	if _, dup := c.serving[id]; dup {
-		return nil, nil, 0, violation("call %d while a call with that ID is running", id)
+		return nil, 0, violation("call %d while a call with that ID is running", id)
 	}
 	if len(c.serving) >= c.cfg.MaxConcurrentCalls {
-		return nil, nil, CodeResourceExhausted, nil
+		return nil, CodeResourceExhausted, nil
 	}
-	sc := &serverCall{}
-	var ctx context.Context
-	if timeout > 0 {
-		ctx, sc.cancel = context.WithTimeout(c.base, timeout)
-	} else {
-		ctx, sc.cancel = context.WithCancel(c.base)
-	}
-	c.serving[id] = sc
-	return ctx, sc, 0, nil
+	cc := newCallCtx(c.base, timeout)
+	c.serving[id] = cc
+	return cc, 0, nil
 }
 
 // release unregisters a call; it reports whether the caller still wants an
 // answer.
-func (c *Conn) release(id uint64, sc *serverCall) bool {
+func (c *Conn) release(id uint64, cc *callCtx) bool {
 	c.mu.Lock()
-	wanted := c.serving[id] == sc && !sc.cancelled
-	if c.serving[id] == sc {
+	mine := c.serving[id] == cc
+	if mine {
 		delete(c.serving, id)
 	}
 	c.mu.Unlock()
-	sc.cancel()
+	wanted := mine && cc.wanted()
+	cc.cancel(context.Canceled)
 	return wanted
 }
 
@@ -727,7 +724,7 @@ func (c *Conn) serveCall(id uint64, p []byte) error {
 		c.replyError(id, CodeUnknownMethod, "no handler for "+string(method))
 		return nil
 	}
-	ctx, sc, code, err := c.admit(id, timeout)
+	cc, code, err := c.admit(id, timeout)
 	if err != nil || code != 0 {
 		if code == CodeResourceExhausted {
 			c.stats.rejected.Add(1)
@@ -739,13 +736,13 @@ func (c *Conn) serveCall(id uint64, p []byte) error {
 		}
 		return nil // dead
 	}
-	go c.runHandler(ctx, id, sc, h, method, args)
+	go c.runHandler(cc, id, h, method, args)
 	return nil
 }
 
-func (c *Conn) runHandler(ctx context.Context, id uint64, sc *serverCall, h Handler, method, args []byte) {
-	resp, err := c.invoke(ctx, h, method, args)
-	if !c.release(id, sc) {
+func (c *Conn) runHandler(cc *callCtx, id uint64, h Handler, method, args []byte) {
+	resp, err := c.invoke(cc, h, method, args)
+	if !c.release(id, cc) {
 		return // the caller gave up, or the connection died: nobody to answer
 	}
 	if err != nil {

@@ -154,7 +154,7 @@ func (c *Conn) serveStream(ys *yamux.Stream) {
 		refuse(CodeUnknownMethod, "no stream handler for "+string(method))
 		return
 	}
-	ctx, sc, code, err := c.admit(h.id, timeout)
+	cc, code, err := c.admit(h.id, timeout)
 	if code == CodeResourceExhausted {
 		refuse(code, fmt.Sprintf("%d calls and streams running, the limit per connection", c.cfg.MaxConcurrentCalls))
 		return
@@ -166,15 +166,15 @@ func (c *Conn) serveStream(ys *yamux.Stream) {
 		}
 		return
 	}
-	s := &Stream{c: c, ys: ys, id: h.id, ctx: ctx}
-	s.stop = context.AfterFunc(ctx, s.interrupt)
+	s := &Stream{c: c, ys: ys, id: h.id, ctx: cc}
+	s.stop = context.AfterFunc(cc, s.interrupt)
 	if _, err := ys.Write(appendHeader(nil, kindResponse, 0, h.id)); err == nil {
-		if err := c.invokeStream(ctx, handler, s, method); err != nil {
+		if err := c.invokeStream(cc, handler, s, method); err != nil {
 			c.cfg.Logger.Debug("stream handler failed", zap.ByteString("method", method),
 				zap.String("peer", c.remoteID), zap.Error(err))
 		}
 	}
-	c.release(h.id, sc)
+	c.release(h.id, cc)
 	s.Close()
 }
 

@@ -3,6 +3,9 @@ package tether
 import (
 	"encoding/json"
 	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Health returns an http.Handler serving /healthz (liveness: is the process
@@ -17,6 +20,9 @@ func (n *Node) Health() http.Handler {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		writeHealth(w, n.readyReasons())
 	})
+	if g, ok := n.opts.metrics.(prometheus.Gatherer); ok {
+		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	}
 	return mux
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/tetherrpc/tether/liveness"
@@ -22,6 +23,7 @@ type options struct {
 	hangAfter   time.Duration
 	rpc         rpc.Config
 	id          string
+	metrics     prometheus.Registerer
 }
 
 // WithHeartbeat sets the base probe interval: a peer that sends nothing for

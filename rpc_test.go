@@ -390,3 +390,5 @@ func lastLine(b []byte) []byte {
 	}
 	return b
 }
+
+func zapNop() *zap.Logger { return zap.NewNop() }

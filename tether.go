@@ -41,14 +41,15 @@ import (
 // Node is one tether node: a listener, the handlers it serves, and the
 // registry of its peers. Both ends of every connection can call and serve.
 type Node struct {
-	ln     net.Listener
-	mux    *rpc.Mux
-	reg    *peer.Registry
-	rcfg   *rpc.Config
-	logger *zap.Logger
-	opts   options
-	async  *incident.AsyncCore // nil without WithLogger
-	rec    *incident.Recorder  // nil without WithIncidentDir
+	ln      net.Listener
+	mux     *rpc.Mux
+	reg     *peer.Registry
+	rcfg    *rpc.Config
+	logger  *zap.Logger
+	opts    options
+	async   *incident.AsyncCore // nil without WithLogger
+	rec     *incident.Recorder  // nil without WithIncidentDir
+	metrics *metrics            // nil without WithMetrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -94,17 +95,29 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 	}
 	n.rcfg = resolved
 
-	reg, err := peer.New(peer.Config{
+	pcfg := peer.Config{
 		LocalID:  peer.ID(resolved.ID),
 		Dial:     n.dialConn,
 		Liveness: lc,
 		Logger:   n.logger,
-	})
+	}
+	if o.metrics != nil {
+		n.metrics = newMetrics()
+		pcfg.ObserveCall = n.metrics.observeCall
+	}
+	reg, err := peer.New(pcfg)
 	if err != nil {
 		n.stopLogging()
 		return nil, err
 	}
 	n.reg = reg
+	if o.metrics != nil {
+		if err := n.registerMetrics(o.metrics); err != nil {
+			reg.Close()
+			n.stopLogging()
+			return nil, err
+		}
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		reg.Close()
@@ -141,7 +154,21 @@ func (n *Node) Addr() net.Addr { return n.ln.Addr() }
 func (n *Node) ID() peer.ID { return peer.ID(n.rcfg.ID) }
 
 // Handle registers h for calls to method, from any peer.
-func (n *Node) Handle(method string, h rpc.Handler) { n.mux.Handle(method, h) }
+func (n *Node) Handle(method string, h rpc.Handler) { n.mux.Handle(method, n.instrument(method, h)) }
+
+// instrument wraps a handler with what the node measures of it.
+func (n *Node) instrument(method string, h rpc.Handler) rpc.Handler {
+	if n.metrics == nil {
+		return h
+	}
+	obs := n.metrics.handlerDuration.WithLabelValues(method)
+	return rpc.Func(func(ctx context.Context, req []byte) ([]byte, error) {
+		t0 := time.Now()
+		resp, err := h.ServeRPC(ctx, req)
+		obs.Observe(time.Since(t0).Seconds())
+		return resp, err
+	})
+}
 
 // HandleStream registers h for streams opened on method (see peer.Peer.Stream).
 func (n *Node) HandleStream(method string, h rpc.StreamHandler) { n.mux.HandleStream(method, h) }

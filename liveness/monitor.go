@@ -43,7 +43,12 @@ type Monitor struct {
 	wg   sync.WaitGroup
 
 	probes, late, verdicts atomic.Uint64
+	onRTT                  atomic.Pointer[func(time.Duration)]
 }
+
+// OnRTT sets a function told of every probe's round trip (for metrics). It
+// runs on the connection's reader and must be quick.
+func (m *Monitor) OnRTT(fn func(time.Duration)) { m.onRTT.Store(&fn) }
 
 // NewMonitor starts a monitor. A nil clock means the real one.
 func NewMonitor(cfg Config, clock Clock) (*Monitor, error) {
@@ -170,6 +175,9 @@ func (w *Watch) observe(rtt time.Duration) {
 	w.mu.Lock()
 	w.det.est.Observe(rtt)
 	w.mu.Unlock()
+	if fn := w.m.onRTT.Load(); fn != nil {
+		(*fn)(rtt)
+	}
 }
 
 func (m *Monitor) wake() {

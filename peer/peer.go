@@ -84,7 +84,14 @@ func (p *Peer) markOverdue() {
 // probe along with it, so that a peer gone silent is noticed sooner.
 func (p *Peer) Call(ctx context.Context, method string, args, reply any) error {
 	p.kickIfQuiet()
-	return p.conn.Call(ctx, method, args, reply)
+	obs := p.reg.cfg.ObserveCall
+	if obs == nil {
+		return p.conn.Call(ctx, method, args, reply)
+	}
+	t0 := time.Now()
+	err := p.conn.Call(ctx, method, args, reply)
+	obs(method, time.Since(t0), err)
+	return err
 }
 
 // Stream opens a bulk stream to the peer's stream handler for method; see

@@ -44,6 +44,9 @@ type Config struct {
 	// Logger receives one line per eviction (Warn; Info for a goodbye or a
 	// local close) and reconnection. Default: none.
 	Logger *zap.Logger
+	// ObserveCall, if set, is told of every Peer.Call when it returns: for
+	// latency metrics. It runs on the caller's goroutine and must be quick.
+	ObserveCall func(method string, took time.Duration, err error)
 }
 
 // DefaultBackOff is the reconnection backoff of a Config without one.
@@ -72,6 +75,7 @@ type Registry struct {
 	peers  map[ID]*Peer
 	kept   map[string]*keeper
 	closed bool
+	totals Stats // what dead references did, and event counts
 
 	events eventQueue
 }
@@ -142,6 +146,7 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 		return old, nil
 	}
 	r.peers[p.id] = p
+	r.totals.Connects++
 	reconnect := false
 	if k := r.kept[addr]; k != nil && dialed {
 		reconnect = k.everConnected
@@ -162,6 +167,9 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	}
 	r.events.push(Event{Kind: Connected, ID: p.id, Peer: p, Reconnect: reconnect, Time: p.since})
 	if reconnect {
+		r.mu.Lock()
+		r.totals.Reconnects++
+		r.mu.Unlock()
 		r.log.Info("peer reconnected", zap.String("peer", string(p.id)), zap.String("addr", addr))
 	}
 	return p, nil
@@ -268,6 +276,8 @@ func (r *Registry) gone(p *Peer) {
 	k := p.kept
 	p.kept = nil
 	closing := r.closed
+	r.totals.Disconnects++
+	r.totals.add(st)
 	r.mu.Unlock()
 
 	fields := []zap.Field{
@@ -284,6 +294,54 @@ func (r *Registry) gone(p *Peer) {
 	if k != nil && !closing {
 		k.retry(r)
 	}
+}
+
+// Stats counts what a registry's peers did. Counters are cumulative over
+// every reference the registry has held; Peers, Suspect, Outstanding and
+// Serving are now.
+type Stats struct {
+	Peers, Suspect       int // live references, and how many are overdue
+	Outstanding, Serving int // our calls awaiting answers; the peers' calls running here
+	Connects             uint64
+	Disconnects          uint64
+	Reconnects           uint64 // connects made by Keep after a loss
+	CallsOut, CallsIn    uint64
+	LateResponses        uint64 // answers after their caller gave up: dropped
+	Unsent               uint64 // calls cancelled before they were written
+	CancelsSent          uint64
+}
+
+func (s *Stats) add(c rpc.Stats) {
+	s.CallsOut += c.CallsOut
+	s.CallsIn += c.CallsIn
+	s.LateResponses += c.LateResponses
+	s.Unsent += c.Unsent
+	s.CancelsSent += c.CancelsSent
+}
+
+// Stats returns the registry's counters.
+func (r *Registry) Stats() Stats {
+	r.mu.Lock()
+	s := r.totals
+	live := make([]*Peer, 0, len(r.peers))
+	for _, p := range r.peers {
+		live = append(live, p)
+	}
+	r.mu.Unlock()
+	for _, p := range live {
+		if p.conn.Err() != nil {
+			continue // counted in totals when gone runs
+		}
+		c := p.conn.Stats()
+		s.add(c)
+		s.Peers++
+		s.Outstanding += c.Outstanding
+		s.Serving += c.Serving
+		if p.Suspect() {
+			s.Suspect++
+		}
+	}
+	return s
 }
 
 // quiet causes are ordinary goodbyes, logged at Info rather than Warn.

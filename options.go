@@ -24,6 +24,7 @@ type options struct {
 	rpc         rpc.Config
 	id          string
 	metrics     prometheus.Registerer
+	actions     Actions
 }
 
 // WithHeartbeat sets the base probe interval: a peer that sends nothing for
@@ -50,7 +51,8 @@ func WithIncidentDir(dir string) Option { return func(o *options) { o.incidentDi
 func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tls = cfg } }
 
 // WithHangAfter sets the bound past which a handler still running makes the
-// node unhealthy (see Node.Health). Default 30 s.
+// node unhealthy (see Node.Health), whether or not it honours its context.
+// Default 30 s. Stream handlers are not bounded: bulk transfers may run long.
 func WithHangAfter(d time.Duration) Option { return func(o *options) { o.hangAfter = d } }
 
 // WithRPCConfig sets the connection limits and codec (message size,

@@ -215,7 +215,9 @@ func TestEvictionFailsOutstandingCallsAtOnce(t *testing.T) {
 		}
 	}
 	t.Logf("%d outstanding calls failed within %v of the eviction", n, last)
-	if bound := slower(50 * time.Millisecond); last > bound {
+	// The floor is 50 ms (BenchmarkEvict10000 measures it); here a bound
+	// generous enough for a loaded 2-core CI machine.
+	if bound := slower(250 * time.Millisecond); last > bound {
 		t.Errorf("last call failed %v after the eviction, bound %v", last, bound)
 	}
 	select {

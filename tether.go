@@ -27,6 +27,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,6 +51,12 @@ type Node struct {
 	async   *incident.AsyncCore // nil without WithLogger
 	rec     *incident.Recorder  // nil without WithIncidentDir
 	metrics *metrics            // nil without WithMetrics
+	wd      *liveness.Watchdog
+
+	draining   atomic.Bool
+	restarting atomic.Bool
+	served     atomic.Uint64
+	ageTimer   *time.Timer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -125,6 +132,12 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		return nil, err
 	}
 	n.ln = ln
+	if err := n.startWatchdog(); err != nil {
+		ln.Close()
+		reg.Close()
+		n.stopLogging()
+		return nil, err
+	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.wg.Add(1)
 	go n.acceptLoop()
@@ -156,20 +169,6 @@ func (n *Node) ID() peer.ID { return peer.ID(n.rcfg.ID) }
 // Handle registers h for calls to method, from any peer.
 func (n *Node) Handle(method string, h rpc.Handler) { n.mux.Handle(method, n.instrument(method, h)) }
 
-// instrument wraps a handler with what the node measures of it.
-func (n *Node) instrument(method string, h rpc.Handler) rpc.Handler {
-	if n.metrics == nil {
-		return h
-	}
-	obs := n.metrics.handlerDuration.WithLabelValues(method)
-	return rpc.Func(func(ctx context.Context, req []byte) ([]byte, error) {
-		t0 := time.Now()
-		resp, err := h.ServeRPC(ctx, req)
-		obs.Observe(time.Since(t0).Seconds())
-		return resp, err
-	})
-}
-
 // HandleStream registers h for streams opened on method (see peer.Peer.Stream).
 func (n *Node) HandleStream(method string, h rpc.StreamHandler) { n.mux.HandleStream(method, h) }
 
@@ -191,7 +190,7 @@ func (n *Node) startLogging() error {
 		cores = append(cores, n.async)
 	}
 	if n.opts.incidentDir != "" {
-		rec, err := incident.NewRecorder(n.opts.incidentDir, incident.WithWriteErrorHandler(func(err error) {
+		rec, err := incident.NewRecorder(n.opts.incidentDir, incident.WithTrigger(trigger), incident.WithWriteErrorHandler(func(err error) {
 			if n.async != nil {
 				n.logger.Warn("incident file not written", zap.Error(err))
 			}
@@ -207,6 +206,20 @@ func (n *Node) startLogging() error {
 	}
 	n.logger = base.WithOptions(zap.WrapCore(func(zapcore.Core) zapcore.Core { return zapcore.NewTee(cores...) }))
 	return nil
+}
+
+// trigger opens an incident on Error and above, and on any entry marked
+// with the incident field (the node's own actions, logged at Warn).
+func trigger(ent zapcore.Entry, fields []zapcore.Field) bool {
+	if ent.Level >= zapcore.ErrorLevel {
+		return true
+	}
+	for _, f := range fields {
+		if f.Key == incidentField && f.Type == zapcore.BoolType && f.Integer == 1 {
+			return true
+		}
+	}
+	return false
 }
 
 // stopLogging flushes the pipeline (within its bounds) and stops it.
@@ -298,6 +311,10 @@ func (n *Node) Close() error {
 		n.ln.Close()
 		n.wg.Wait() // handshakes in progress end with n.ctx
 		n.reg.Close()
+		if n.ageTimer != nil {
+			n.ageTimer.Stop()
+		}
+		n.wd.Close()
 		n.stopLogging()
 	})
 	return nil

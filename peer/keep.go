@@ -39,6 +39,20 @@ func (r *Registry) Keep(addr string) (stop func()) {
 	}
 }
 
+// KeptReachable returns how many addresses Keep keeps, and how many of
+// them are connected now.
+func (r *Registry) KeptReachable() (kept, live int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	kept = len(r.kept)
+	for _, p := range r.peers {
+		if p.kept != nil && p.conn.Err() == nil {
+			live++
+		}
+	}
+	return kept, live
+}
+
 // keeper is one kept address. Its BackOff is used only by its own attempts,
 // which never overlap.
 type keeper struct {

@@ -29,14 +29,16 @@ func newCallCtx(parent context.Context, timeout time.Duration) *callCtx {
 	c := &callCtx{parent: parent}
 	if timeout > 0 {
 		c.deadline = time.Now().Add(timeout)
+		c.mu.Lock() // the timer may fire before the assignment is done
 		c.timer = time.AfterFunc(timeout, c.expire)
+		c.mu.Unlock()
 	}
 	return c
 }
 
 func (c *callCtx) expire() { c.cancel(context.DeadlineExceeded) }
 
-func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, c.timer != nil }
+func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
 
 func (c *callCtx) Done() <-chan struct{} {
 	c.mu.Lock()

@@ -434,7 +434,8 @@ func (c *Conn) Abort(cause error) int {
 func (c *Conn) Close() error {
 	c.closing.Store(true)
 	sent := make(chan struct{})
-	if c.enqueue(outFrame{kind: kindGoAway, buf: []byte("closed"), sent: sent}, true) {
+	// In the ordinary queue, not ahead of it: answers already queued go first.
+	if c.enqueue(outFrame{kind: kindGoAway, buf: []byte("closed"), sent: sent}, false) {
 		t := time.NewTimer(goAwayWait)
 		select {
 		case <-sent:
@@ -536,8 +537,11 @@ func (c *Conn) writeBatch(ctl, q []outFrame) error {
 		if f.call != nil && !f.call.state.CompareAndSwap(stateQueued, stateSent) {
 			continue // the caller gave up: never written
 		}
-		if f.call == nil { // a response or error: header here, payload in buf
+		if f.call == nil { // a response, error or goaway: header here, payload in buf
 			b = appendHeader(b, f.kind, len(f.buf), f.id)
+		}
+		if f.sent != nil {
+			sent = append(sent, f.sent)
 		}
 		if len(f.buf) < directWrite {
 			b = append(b, f.buf...)
@@ -589,7 +593,7 @@ func (c *Conn) transportCause(err error) error {
 
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
-	r := bufio.NewReaderSize(c.ctrl, 16<<10)
+	r := bufio.NewReaderSize(c.ctrl, 4<<10) // small: an idle connection keeps it
 	var hbuf [headerSize]byte
 	for {
 		h, p, err := readFrame(r, hbuf[:], c.cfg.MaxMessageSize)
@@ -698,18 +702,14 @@ func (c *Conn) admit(id uint64, timeout time.Duration) (*callCtx, Code, error) {
 	return cc, 0, nil
 }
 
-// release unregisters a call; it reports whether the caller still wants an
-// answer.
-func (c *Conn) release(id uint64, cc *callCtx) bool {
+// release unregisters a call and ends its context.
+func (c *Conn) release(id uint64, cc *callCtx) {
 	c.mu.Lock()
-	mine := c.serving[id] == cc
-	if mine {
+	if c.serving[id] == cc {
 		delete(c.serving, id)
 	}
 	c.mu.Unlock()
-	wanted := mine && cc.wanted()
 	cc.cancel(context.Canceled)
-	return wanted
 }
 
 func (c *Conn) serveCall(id uint64, p []byte) error {
@@ -742,19 +742,20 @@ func (c *Conn) serveCall(id uint64, p []byte) error {
 
 func (c *Conn) runHandler(cc *callCtx, id uint64, h Handler, method, args []byte) {
 	resp, err := c.invoke(cc, h, method, args)
-	if !c.release(id, cc) {
-		return // the caller gave up, or the connection died: nobody to answer
-	}
-	if err != nil {
+	// Queue the answer before releasing the call, so that a call counts as
+	// serving until its answer is on its way (a drain waits for that), and
+	// a goodbye queued after it goes out after it.
+	switch {
+	case !cc.wanted(): // the caller gave up, or the connection died: nobody to answer
+	case err != nil:
 		code, msg := remoteErrorOf(err)
 		c.replyError(id, code, msg)
-		return
-	}
-	if len(resp) > int(c.remote.maxMessage) {
+	case len(resp) > int(c.remote.maxMessage):
 		c.replyError(id, CodeMessageTooLarge, fmt.Sprintf("a %d-byte reply exceeds the caller's limit of %d bytes", len(resp), c.remote.maxMessage))
-		return
+	default:
+		c.enqueue(outFrame{kind: kindResponse, id: id, buf: resp}, false)
 	}
-	c.enqueue(outFrame{kind: kindResponse, id: id, buf: resp}, false)
+	c.release(id, cc)
 }
 
 // invoke runs a handler, turning a panic into CodeInternal.

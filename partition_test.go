@@ -217,7 +217,10 @@ func TestFirstKWithSilentPeer(t *testing.T) {
 	hedge := client.Peers().Hedge().Delay()
 	t.Logf("k=3 of 5, one silent: p99 %v before, %v during the partition (%d reads, hedge delay %v)",
 		p99(before), p99(during), len(during), hedge)
-	if bound := p99(before)*3/2 + hedge; p99(during) > bound {
+	// The floor is 1.5x plus the hedge delay; the slack absorbs a loaded
+	// CI machine's scheduling noise, and is far below the ~0.5 s a read
+	// would wait if it waited for the eviction.
+	if bound := p99(before)*3/2 + hedge + slower(2*time.Millisecond); p99(during) > bound {
 		t.Errorf("read p99 during the partition %v > 1.5x before (%v) + hedge delay (%v)", p99(during), p99(before), hedge)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/tetherrpc/tether/incident/logport"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -25,6 +26,7 @@ type options struct {
 	id          string
 	metrics     prometheus.Registerer
 	actions     Actions
+	logPort     []logport.Option
 }
 
 // WithHeartbeat sets the base probe interval: a peer that sends nothing for
@@ -44,6 +46,15 @@ func WithLogger(l *zap.Logger) Option { return func(o *options) { o.logger = l }
 // WithIncidentDir enables incident reports: one file per incident, named
 // "incident-*", written in dir. Default: none.
 func WithIncidentDir(dir string) Option { return func(o *options) { o.incidentDir = dir } }
+
+// WithLogPort serves the node's log stream to subscribers over tether's own
+// rpc (methods log.subscribe, log.incidents, log.incident; see package
+// logport and examples/gatherer), with credit-based flow control: a slow
+// subscriber costs the node a bounded budget (default 4 MiB), never more,
+// and its losses show as sequence gaps. Default: off.
+func WithLogPort(opts ...logport.Option) Option {
+	return func(o *options) { o.logPort = append([]logport.Option{}, opts...) }
+}
 
 // WithTLS runs mutual TLS on every connection; peer IDs are then derived
 // from peers' public keys (rpc.IDFromCertificate), and the node's own ID

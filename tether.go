@@ -34,6 +34,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tetherrpc/tether/incident"
+	"github.com/tetherrpc/tether/incident/logport"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -51,6 +52,7 @@ type Node struct {
 	async   *incident.AsyncCore // nil without WithLogger
 	rec     *incident.Recorder  // nil without WithIncidentDir
 	metrics *metrics            // nil without WithMetrics
+	port    *logport.Port       // nil without WithLogPort
 	wd      *liveness.Watchdog
 
 	draining   atomic.Bool
@@ -138,6 +140,9 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		n.stopLogging()
 		return nil, err
 	}
+	if n.port != nil {
+		n.port.Register(n) // log.subscribe, log.incidents, log.incident
+	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.wg.Add(1)
 	go n.acceptLoop()
@@ -182,27 +187,38 @@ func (n *Node) Logger() *zap.Logger { return n.logger }
 
 // startLogging builds the node's log pipeline.
 func (n *Node) startLogging() error {
-	var cores []zapcore.Core
 	base := zap.NewNop()
 	if n.opts.logger != nil {
 		base = n.opts.logger
-		n.async = incident.Async(base.Core())
-		cores = append(cores, n.async)
 	}
+	var cores []zapcore.Core
 	if n.opts.incidentDir != "" {
 		rec, err := incident.NewRecorder(n.opts.incidentDir, incident.WithTrigger(trigger), incident.WithWriteErrorHandler(func(err error) {
-			if n.async != nil {
-				n.logger.Warn("incident file not written", zap.Error(err))
-			}
+			n.logger.Warn("incident file not written", zap.Error(err))
 		}))
 		if err != nil {
-			if n.async != nil {
-				n.async.Close()
-			}
 			return err
 		}
 		n.rec = rec
-		cores = append(cores, rec)
+		cores = append(cores, rec) // cheap and never blocking: inline
+	}
+	// What may be slow (the user's sink) or does real work (the log port's
+	// encoding) goes behind Async, on its writer goroutine.
+	var slow []zapcore.Core
+	if n.opts.logger != nil {
+		slow = append(slow, base.Core())
+	}
+	if n.opts.logPort != nil {
+		popts := n.opts.logPort
+		if n.rec != nil {
+			popts = append([]logport.Option{logport.WithIncidents(n.rec)}, popts...)
+		}
+		n.port = logport.New(popts...)
+		slow = append(slow, n.port.Core())
+	}
+	if len(slow) > 0 {
+		n.async = incident.Async(zapcore.NewTee(slow...))
+		cores = append(cores, n.async)
 	}
 	n.logger = base.WithOptions(zap.WrapCore(func(zapcore.Core) zapcore.Core { return zapcore.NewTee(cores...) }))
 	return nil
@@ -224,6 +240,9 @@ func trigger(ent zapcore.Entry, fields []zapcore.Field) bool {
 
 // stopLogging flushes the pipeline (within its bounds) and stops it.
 func (n *Node) stopLogging() {
+	if n.port != nil {
+		n.port.Close()
+	}
 	if n.rec != nil {
 		n.rec.Close()
 	}

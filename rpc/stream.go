@@ -213,7 +213,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 		s.mu.Lock()
 		s.sawEOF = true
 		s.mu.Unlock()
-		if s.c.closed.Load() {
+		if s.c.dying() {
 			return n, s.c.deadErr() // the session died under us: not a clean end
 		}
 		if cerr := ctxErr(s.ctx); cerr != nil {
@@ -272,7 +272,7 @@ func (s *Stream) mapErr(err error) error {
 	if err == nil || err == io.EOF {
 		return err
 	}
-	if s.c.closed.Load() {
+	if s.c.dying() {
 		return s.c.deadErr()
 	}
 	if cerr := ctxErr(s.ctx); cerr != nil {
@@ -297,4 +297,19 @@ func ctxErr(ctx context.Context) error {
 		return context.DeadlineExceeded
 	}
 	return nil
+}
+
+// dying reports whether the connection is dead or its session has just
+// ended (the reader may not have noticed yet): in that case it aborts the
+// connection itself, so that stream errors say ErrDeadReference at once
+// rather than a raw "connection reset".
+func (c *Conn) dying() bool {
+	if c.closed.Load() {
+		return true
+	}
+	if !c.sess.IsClosed() {
+		return false
+	}
+	c.Abort(c.transportCause(io.EOF))
+	return true
 }

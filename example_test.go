@@ -41,6 +41,6 @@ func Example() {
 	fmt.Println(p.Call(ctx, "storage.get", []byte("k1"), &share) != nil)
 	// Output:
 	// share of k1
-	// disconnected peer left: "closed"
+	// disconnected peer left: "connection closed"
 	// true
 }

@@ -94,6 +94,7 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 	}
 	rc := o.rpc
 	rc.ID, rc.Mux, rc.TLS, rc.Logger = o.id, n.mux, o.tls, n.logger
+	rc.StartPaused = true // the registry resumes each connection once it is registered
 	if o.tls != nil {
 		rc.ID = ""
 	}

@@ -2,11 +2,14 @@ package peer
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"go.uber.org/zap"
+
+	"github.com/tetherrpc/tether/rpc"
 )
 
 // Keep keeps addr connected: it dials now, and whenever the reference dies
@@ -63,6 +66,7 @@ type keeper struct {
 	timer    *time.Timer
 	stopped  bool
 	attempts int
+	running  sync.WaitGroup // an attempt in progress
 
 	everConnected bool // guarded by the registry's mu
 }
@@ -73,7 +77,8 @@ func (k *keeper) schedule(r *Registry, d time.Duration) {
 	if k.stopped {
 		return
 	}
-	k.timer = time.AfterFunc(d, func() { k.attempt(r) })
+	k.running.Add(1)
+	k.timer = time.AfterFunc(d, func() { defer k.running.Done(); k.attempt(r) })
 }
 
 // retry schedules the next attempt after a loss.
@@ -100,9 +105,22 @@ func (k *keeper) attempt(r *Registry) {
 	k.attempts++
 	n := k.attempts
 	k.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout(r))
+	ctx, cancel := context.WithTimeout(r.ctx, dialTimeout(r))
 	p, err := r.Dial(ctx, k.addr)
 	cancel()
+	if errors.Is(err, rpc.ErrSelf) {
+		// The address is this node's own: no backoff makes it another.
+		r.log.Warn("not keeping an address of this node's own", zap.String("addr", k.addr))
+		r.mu.Lock()
+		if r.kept[k.addr] == k {
+			delete(r.kept, k.addr)
+		}
+		r.mu.Unlock()
+		k.mu.Lock()
+		k.stopped = true
+		k.mu.Unlock()
+		return
+	}
 	if err != nil {
 		d := k.next()
 		r.log.Debug("reconnect failed", zap.String("addr", k.addr), zap.Int("attempt", n),
@@ -114,9 +132,10 @@ func (k *keeper) attempt(r *Registry) {
 	k.bo.Reset()
 	k.attempts = 0
 	k.mu.Unlock()
-	// Dial may return an older reference the peer dialed (see Add): keep
-	// whichever it is. If it died already, gone has been or will be told
-	// nothing of this keeper, so retry here.
+	// The keeper attaches itself to the reference Dial returned (an older
+	// one the peer dialed, if that one stays: see Add), and only here, so
+	// that one keeper drives one retry loop. If the reference died
+	// already, gone found no keeper on it: retry here.
 	r.mu.Lock()
 	alive := p.conn.Err() == nil
 	if alive {
@@ -135,8 +154,11 @@ func dialTimeout(r *Registry) time.Duration {
 func (k *keeper) stop() {
 	k.mu.Lock()
 	k.stopped = true
-	if k.timer != nil {
-		k.timer.Stop()
+	if k.timer != nil && k.timer.Stop() {
+		k.running.Done() // it will never run
 	}
 	k.mu.Unlock()
 }
+
+// wait waits for an attempt in progress (after stop, none starts).
+func (k *keeper) wait() { k.running.Wait() }

@@ -142,6 +142,7 @@ func TestDuplicateConnections(t *testing.T) {
 	c2, _ := conns(t, "z", nil)
 	p1, _ := r.Add(c1, "x", true)
 	p2, _ := r.Add(c2, "x", true)
+	<-p1.Done() // retired: it had nothing in flight, so at once
 	if p2.conn != c2 || !errors.Is(p1.Err(), ErrReplaced) {
 		t.Fatalf("same dialer: kept %v, old err %v", p2.conn == c2, p1.Err())
 	}
@@ -149,6 +150,7 @@ func TestDuplicateConnections(t *testing.T) {
 	// so ours) stays, whatever the order.
 	c3, _ := conns(t, "z", nil)
 	p3, _ := r.Add(c3, "from z", false)
+	<-c3.Done()
 	if p3 != p2 || !errors.Is(c3.Err(), ErrReplaced) {
 		t.Fatalf("cross dial: got %v (c3 err %v)", p3, c3.Err())
 	}
@@ -157,6 +159,7 @@ func TestDuplicateConnections(t *testing.T) {
 	c5, _ := conns(t, "a", nil)
 	q4, _ := r2.Add(c4, "x", true)
 	q5, _ := r2.Add(c5, "from a", false)
+	<-q4.Done()
 	if q5.conn != c5 || !errors.Is(q4.Err(), ErrReplaced) {
 		t.Fatal("cross dial: the peer-dialed connection should win when the peer's ID is smaller")
 	}

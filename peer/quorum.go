@@ -22,7 +22,7 @@ type QuorumError struct {
 }
 
 func (e *QuorumError) Error() string {
-	return fmt.Sprintf("peer: %d of %d answers (%d peers failed): %v", e.OK, e.K, len(e.Errors), errors.Join(e.Errors...))
+	return fmt.Sprintf("peer: %d of %d answers; %d failed: %v", e.OK, e.K, len(e.Errors), errors.Join(e.Errors...))
 }
 
 // Unwrap returns the calls' errors, for errors.Is and errors.As.

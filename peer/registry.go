@@ -65,6 +65,11 @@ func DefaultBackOff() backoff.BackOff {
 // references whose peers die or go silent, tells subscribers, and keeps
 // chosen addresses connected. One liveness monitor (one goroutine) watches
 // all its peers.
+//
+// Two connections to one peer (both dialed at once, or a redial while the
+// old one lingers) are settled the same way on both sides (see Add): the
+// loser is retired, not evicted, and its Disconnected event has the cause
+// ErrReplaced: the peer is still connected, through the newer reference.
 type Registry struct {
 	cfg   Config
 	mon   *liveness.Monitor
@@ -76,6 +81,11 @@ type Registry struct {
 	kept   map[string]*keeper
 	closed bool
 	totals Stats // what dead references did, and event counts
+
+	ctx      context.Context // ends at Close: dials in progress stop
+	cancel   context.CancelFunc
+	goneWG   sync.WaitGroup // gone() runs still to come
+	retiring sync.WaitGroup
 
 	events eventQueue
 }
@@ -103,6 +113,7 @@ func New(cfg Config) (*Registry, error) {
 		peers: make(map[ID]*Peer),
 		kept:  make(map[string]*keeper),
 	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.events.start()
 	return r, nil
 }
@@ -142,8 +153,8 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	old := r.peers[p.id]
 	if old != nil && old.conn.Err() == nil && !r.newWins(old, p) {
 		r.mu.Unlock()
-		c.Abort(ErrReplaced)
-		return old, nil
+		r.retire(c)
+		return old, nil // (a keeper dialing addr attaches itself to old)
 	}
 	r.peers[p.id] = p
 	r.totals.Connects++
@@ -151,21 +162,29 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	if k := r.kept[addr]; k != nil && dialed {
 		reconnect = k.everConnected
 		k.everConnected = true
-		p.kept = k
+	}
+	if old != nil && old.kept != nil {
+		// The keeper follows the peer to the reference that replaces the
+		// one it was attached to; the retired one will not redial.
+		p.kept, old.kept = old.kept, nil
 	}
 	// Watch before anyone can see the reference; stop watching at death.
 	p.watch = r.mon.Watch(c, liveness.KernelSource(c.NetConn()), liveness.Events{
 		Suspect: func(s bool) { r.setSuspect(p, s) },
 		Dead:    func(v *liveness.Verdict) { p.Evict(v) },
 	})
+	// Told under the lock, so that no later Add's news of this reference
+	// (its replacement) can overtake it.
+	r.events.push(Event{Kind: Connected, ID: p.id, Peer: p, Reconnect: reconnect, Time: p.since})
 	r.mu.Unlock()
 
 	liveness.SetUserTimeout(c.NetConn(), r.cfg.Liveness.HangAfter)
-	context.AfterFunc(c.Context(), func() { r.gone(p) })
-	if old != nil {
-		old.Evict(ErrReplaced)
+	r.goneWG.Add(1)
+	context.AfterFunc(c.Context(), func() { defer r.goneWG.Done(); r.gone(p) })
+	c.Resume() // registered: it may serve now (see rpc.Config.StartPaused)
+	if old != nil && old.conn.Err() == nil {
+		r.retire(old.conn)
 	}
-	r.events.push(Event{Kind: Connected, ID: p.id, Peer: p, Reconnect: reconnect, Time: p.since})
 	if reconnect {
 		r.mu.Lock()
 		r.totals.Reconnects++
@@ -174,6 +193,39 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	}
 	return p, nil
 }
+
+// retire ends a connection that another to the same peer replaced: it
+// takes no new work from the registry, finishes what it carries (within
+// retireWait), then says goodbye, so that neither side logs an eviction
+// and no call in flight on it is lost.
+func (r *Registry) retire(c *rpc.Conn) {
+	c.Resume()
+	r.retiring.Add(1)
+	go func() {
+		defer r.retiring.Done()
+		deadline := time.NewTimer(retireWait)
+		defer deadline.Stop()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if st := c.Stats(); st.Outstanding == 0 && st.Serving == 0 {
+				break
+			}
+			select {
+			case <-tick.C:
+				continue
+			case <-deadline.C:
+			case <-c.Done():
+			case <-r.ctx.Done():
+			}
+			break
+		}
+		c.Leave(ErrReplaced)
+	}()
+}
+
+// retireWait bounds how long a replaced connection may finish its calls.
+const retireWait = 5 * time.Second
 
 // newWins decides between a live reference and a new one to the same peer.
 func (r *Registry) newWins(old, new *Peer) bool {
@@ -366,6 +418,7 @@ func (r *Registry) Close() error {
 	r.kept = map[string]*keeper{}
 	r.mu.Unlock()
 
+	r.cancel() // dials in progress end
 	for _, k := range kept {
 		k.stop()
 	}
@@ -378,6 +431,11 @@ func (r *Registry) Close() error {
 		}()
 	}
 	wg.Wait()
+	r.retiring.Wait()
+	for _, k := range kept {
+		k.wait()
+	}
+	r.goneWG.Wait() // every Disconnected is told before the events stop
 	r.mon.Close()
 	r.events.close()
 	return nil

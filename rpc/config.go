@@ -92,6 +92,11 @@ type Config struct {
 	// Label names the peer in errors and logs until the handshake tells its
 	// ID (usually its address). Optional.
 	Label string
+
+	// StartPaused makes Client and Server return a connection that reads
+	// nothing, so serves nothing, until its Resume: its owner can register
+	// it first (package peer does), and no handler runs before.
+	StartPaused bool
 }
 
 // resolved returns a copy with every default filled in.

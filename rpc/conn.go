@@ -42,12 +42,14 @@ type Conn struct {
 	probeID uint64              // last ping nonce issued
 	dead    *DeadError
 
-	closed  atomic.Bool
-	closing atomic.Bool // Close is saying goodbye: the end that follows is ours
-	done    chan struct{}
-	ctx     context.Context // ends at death, with the *DeadError as cause
-	kill    context.CancelCauseFunc
-	failed  int // outstanding calls failed at death
+	closed     atomic.Bool
+	leaving    atomic.Pointer[error] // Leave is saying goodbye: the end that follows is ours
+	done       chan struct{}
+	resumed    chan struct{} // closed when the connection may serve
+	resumeOnce sync.Once
+	ctx        context.Context // ends at death, with the *DeadError as cause
+	kill       context.CancelCauseFunc
+	failed     int // outstanding calls failed at death
 
 	wmu      sync.Mutex
 	ctlq, wq []outFrame // control frames go first
@@ -149,6 +151,10 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 		probes:   make(map[uint64]probe),
 		done:     make(chan struct{}),
 		wake:     make(chan struct{}, 1),
+		resumed:  make(chan struct{}),
+	}
+	if !cfg.StartPaused {
+		c.Resume()
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.ctx, c.kill = context.WithCancelCause(context.Background())
@@ -424,18 +430,29 @@ func (c *Conn) Abort(cause error) int {
 	return len(pending)
 }
 
-// Close says goodbye to the peer (so it evicts this connection at once
-// rather than waiting for missed heartbeats), then aborts the connection with
-// ErrClosed and waits for its goroutines. The goodbye is followed by a
-// half-close, and Close waits (briefly) for the peer to close its side, so
-// that nothing the peer sent is left unread: an unread byte would make the
-// kernel answer with a reset, which could overtake the goodbye. Handlers
-// still running are cancelled but not waited for.
-func (c *Conn) Close() error {
-	c.closing.Store(true)
+// Close says goodbye to the peer and closes the connection: Leave with
+// ErrClosed.
+func (c *Conn) Close() error { return c.Leave(ErrClosed) }
+
+// Leave says goodbye to the peer (so it evicts this connection at once,
+// with ErrPeerLeft, rather than waiting for missed heartbeats), then aborts
+// the connection with cause and waits for its goroutines. The goodbye goes
+// after the answers already queued, and is followed by a half-close; Leave
+// waits (briefly) for the peer to close its side, so that nothing the peer
+// sent is left unread: an unread byte would make the kernel answer with a
+// reset, which could overtake the goodbye. Handlers still running are
+// cancelled but not waited for.
+func (c *Conn) Leave(cause error) error {
+	if cause == nil {
+		cause = ErrClosed
+	}
+	c.leaving.Store(&cause)
 	sent := make(chan struct{})
-	// In the ordinary queue, not ahead of it: answers already queued go first.
-	if c.enqueue(outFrame{kind: kindGoAway, buf: []byte("closed"), sent: sent}, false) {
+	reason := cause.Error()
+	if len(reason) > maxErrorMessage {
+		reason = reason[:maxErrorMessage]
+	}
+	if c.enqueue(outFrame{kind: kindGoAway, buf: []byte(reason), sent: sent}, false) {
 		t := time.NewTimer(goAwayWait)
 		select {
 		case <-sent:
@@ -450,9 +467,18 @@ func (c *Conn) Close() error {
 		}
 		t.Stop()
 	}
-	c.Abort(ErrClosed)
+	c.Abort(cause)
+	c.Resume() // goroutines held by StartPaused must run to end
 	c.wg.Wait()
 	return nil
+}
+
+// Resume lets a connection made with Config.StartPaused serve: until then
+// it reads nothing, so no handler runs before its owner is ready (a peer
+// registry, for one, registers the connection first). It does nothing on a
+// connection not paused, or already resumed.
+func (c *Conn) Resume() {
+	c.resumeOnce.Do(func() { close(c.resumed) })
 }
 
 // goAwayWait bounds how long Close waits for its goodbye to be written.
@@ -576,8 +602,8 @@ func (c *Conn) writeBatch(ctl, q []outFrame) error {
 // transportCause explains why the transport failed, preferring what the
 // socket said over what yamux made of it.
 func (c *Conn) transportCause(err error) error {
-	if c.closing.Load() {
-		return ErrClosed
+	if cause := c.leaving.Load(); cause != nil {
+		return *cause
 	}
 	if terr := c.wire.transportErr(); terr != nil {
 		err = terr
@@ -593,6 +619,11 @@ func (c *Conn) transportCause(err error) error {
 
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
+	select {
+	case <-c.resumed:
+	case <-c.done:
+		return
+	}
 	r := bufio.NewReaderSize(c.ctrl, 4<<10) // small: an idle connection keeps it
 	var hbuf [headerSize]byte
 	for {

@@ -50,6 +50,14 @@ var (
 	// ErrUnknownMethod matches the *RemoteError a peer returns for a method
 	// it has no handler for.
 	ErrUnknownMethod = errors.New("unknown method")
+
+	// ErrNotFound matches a *RemoteError with CodeNotFound: a handler's way
+	// to say that what the request names does not exist.
+	ErrNotFound = errors.New("not found")
+
+	// ErrSelf means a connection reached this very node (an address of its
+	// own among its peers'): the handshake refuses it.
+	ErrSelf = errors.New("the peer is this node itself")
 )
 
 // DeadError is the error of every call on a dead connection. It matches
@@ -75,16 +83,21 @@ type Code uint16
 
 // The codes a peer can answer with. Codes travel on the wire: never renumber.
 const (
-	CodeUnknown           Code = 0 // a code this version does not know
-	CodeApplication       Code = 1 // the handler returned an ordinary error
-	CodeUnknownMethod     Code = 2 // no handler for the method
-	CodeResourceExhausted Code = 3 // a limit of the peer: concurrency or size
-	CodeMessageTooLarge   Code = 4 // the request or the reply exceeds a size limit
-	CodeBadRequest        Code = 5 // the request could not be decoded
-	CodeInternal          Code = 6 // the handler panicked
-	CodeCanceled          Code = 7 // the handler returned context.Canceled
-	CodeDeadlineExceeded  Code = 8 // the handler returned context.DeadlineExceeded
-	CodeUnavailable       Code = 9 // the peer is draining and takes no new calls
+	CodeUnknown           Code = 0  // a code this version does not know
+	CodeApplication       Code = 1  // the handler returned an ordinary error
+	CodeUnknownMethod     Code = 2  // no handler for the method
+	CodeResourceExhausted Code = 3  // a limit of the peer: concurrency or size
+	CodeMessageTooLarge   Code = 4  // the request or the reply exceeds a size limit
+	CodeBadRequest        Code = 5  // the request could not be decoded
+	CodeInternal          Code = 6  // the handler panicked
+	CodeCanceled          Code = 7  // the handler returned context.Canceled
+	CodeDeadlineExceeded  Code = 8  // the handler returned context.DeadlineExceeded
+	CodeUnavailable       Code = 9  // the peer is draining and takes no new calls
+	CodeNotFound          Code = 10 // what the request names does not exist
+
+	// CodeApp is the first code left to applications: CodeApp+n travel
+	// unchanged, and this package never gives them a meaning.
+	CodeApp Code = 1000
 )
 
 var codeNames = [...]string{
@@ -98,11 +111,15 @@ var codeNames = [...]string{
 	CodeCanceled:          "canceled",
 	CodeDeadlineExceeded:  "deadline exceeded",
 	CodeUnavailable:       "unavailable",
+	CodeNotFound:          "not found",
 }
 
 func (c Code) String() string {
 	if int(c) < len(codeNames) {
 		return codeNames[c]
+	}
+	if c >= CodeApp {
+		return fmt.Sprintf("app(%d)", uint16(c-CodeApp))
 	}
 	return fmt.Sprintf("code(%d)", uint16(c))
 }
@@ -130,8 +147,8 @@ func (e *RemoteError) Error() string {
 }
 
 // Is lets errors.Is match a RemoteError against the sentinel of its code:
-// ErrUnknownMethod, ErrTooManyCalls, ErrMessageTooLarge, context.Canceled and
-// context.DeadlineExceeded.
+// ErrUnknownMethod, ErrTooManyCalls, ErrMessageTooLarge, ErrNotFound,
+// context.Canceled and context.DeadlineExceeded.
 func (e *RemoteError) Is(target error) bool {
 	switch target {
 	case ErrUnknownMethod:
@@ -140,6 +157,8 @@ func (e *RemoteError) Is(target error) bool {
 		return e.Code == CodeResourceExhausted
 	case ErrMessageTooLarge:
 		return e.Code == CodeMessageTooLarge
+	case ErrNotFound:
+		return e.Code == CodeNotFound
 	case context.Canceled:
 		return e.Code == CodeCanceled
 	case context.DeadlineExceeded:
@@ -158,6 +177,8 @@ func remoteErrorOf(err error) (Code, string) {
 		return CodeCanceled, err.Error()
 	case errors.Is(err, context.DeadlineExceeded):
 		return CodeDeadlineExceeded, err.Error()
+	case errors.Is(err, ErrNotFound):
+		return CodeNotFound, err.Error()
 	}
 	return CodeApplication, err.Error()
 }

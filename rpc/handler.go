@@ -35,16 +35,23 @@ func (f StreamFunc) ServeStream(ctx context.Context, s *Stream) error { return f
 
 // Typed adapts a function of typed values to a Handler. The request is
 // decoded and the reply encoded with the default codec, CBOR; a request that
-// does not decode is answered with CodeBadRequest.
+// does not decode is answered with CodeBadRequest. As with Call, a []byte
+// request or reply passes raw, so Typed[[]byte, []byte] meets a caller's
+// []byte arguments and *[]byte reply.
 func Typed[Req, Resp any](fn func(ctx context.Context, req Req) (Resp, error)) Handler {
 	return Func(func(ctx context.Context, b []byte) ([]byte, error) {
 		var req Req
-		if err := CBOR.Unmarshal(b, &req); err != nil {
+		if raw, ok := any(&req).(*[]byte); ok {
+			*raw = b
+		} else if err := CBOR.Unmarshal(b, &req); err != nil {
 			return nil, Errorf(CodeBadRequest, "decoding request: %v", err)
 		}
 		resp, err := fn(ctx, req)
 		if err != nil {
 			return nil, err
+		}
+		if raw, ok := any(resp).([]byte); ok {
+			return raw, nil
 		}
 		return CBOR.Marshal(resp)
 	})

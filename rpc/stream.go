@@ -109,6 +109,11 @@ func (c *Conn) OpenStream(ctx context.Context, method string) (*Stream, error) {
 // acceptLoop serves the streams the peer opens.
 func (c *Conn) acceptLoop() {
 	defer c.wg.Done()
+	select {
+	case <-c.resumed:
+	case <-c.done:
+		return
+	}
 	for {
 		ys, err := c.sess.AcceptStream()
 		if err != nil {

@@ -38,7 +38,11 @@ func TestTLSSpoofedID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ccfg.ID = IDFromCertificate(b.Leaf) // claim the server's own ID
+	victim, err := NewCertificate() // a third node whose ID the client claims
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg.ID = IDFromCertificate(victim.Leaf)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err = handshake(ctx, cn, ccfg, false)
@@ -81,5 +85,36 @@ func TestTLSRefusesPlainPeer(t *testing.T) {
 	}
 	if r := within(t, 5*time.Second, res, "server"); !errors.Is(r.err, ErrHandshake) {
 		t.Fatalf("server: %v", r.err)
+	}
+}
+
+// A node that dials itself is refused: each side sees its own ID.
+func TestDialSelfRefused(t *testing.T) {
+	cn, sn := netPair(t, "tcp")
+	res := serve(sn, &Config{ID: "me"})
+	_, err := Client(context.Background(), cn, &Config{ID: "me"})
+	if !errors.Is(err, ErrSelf) || !errors.Is(err, ErrHandshake) {
+		t.Fatalf("client: %v", err)
+	}
+	if r := within(t, 5*time.Second, res, "server"); !errors.Is(r.err, ErrSelf) {
+		t.Fatalf("server: %v", r.err)
+	}
+}
+
+// Typed handlers pass []byte raw, as Call does.
+func TestTypedRawBytes(t *testing.T) {
+	m := NewMux()
+	m.Handle("raw", Typed(func(_ context.Context, b []byte) ([]byte, error) { return append(b, '!'), nil }))
+	m.Handle("missing", Typed(func(context.Context, string) (int, error) { return 0, Errorf(CodeNotFound, "no share") }))
+	c, _ := pair(t, "pipe", nil, &Config{Mux: m})
+	var out []byte
+	if err := c.Call(context.Background(), "raw", []byte("hi"), &out); err != nil || string(out) != "hi!" {
+		t.Fatalf("%q %v", out, err)
+	}
+	if err := c.Call(context.Background(), "missing", "k", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("%v", err)
+	}
+	if s := (CodeApp + 7).String(); s != "app(7)" {
+		t.Fatal(s)
 	}
 }

@@ -98,7 +98,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 		if theirs.status == statusRefuse {
 			return nil, violation("a dialer sent a refusal")
 		}
-		if err := checkID(theirs.id, certID, cfg.ExpectID); err != nil {
+		if err := checkID(theirs.id, cfg.ID, certID, cfg.ExpectID); err != nil {
 			refuse(err.Error())
 			return nil, err
 		}
@@ -113,9 +113,12 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 			return nil, err
 		}
 		if theirs.status == statusRefuse {
+			if strings.Contains(theirs.id, ErrSelf.Error()) {
+				return nil, fmt.Errorf("%w: refused by the peer: %s", ErrSelf, theirs.id)
+			}
 			return nil, fmt.Errorf("refused by the peer: %s", theirs.id)
 		}
-		if err := checkID(theirs.id, certID, cfg.ExpectID); err != nil {
+		if err := checkID(theirs.id, cfg.ID, certID, cfg.ExpectID); err != nil {
 			return nil, err
 		}
 	}
@@ -153,7 +156,10 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 
 // checkID checks the ID a peer claims against its certificate (with TLS)
 // and against the ID the caller expects (if any).
-func checkID(claimed, certID, expect string) error {
+func checkID(claimed, own, certID, expect string) error {
+	if claimed == own {
+		return fmt.Errorf("%w: it claims this node's own ID %q", ErrSelf, claimed)
+	}
 	if certID != "" && claimed != certID {
 		return fmt.Errorf("the peer claims ID %q but its certificate is that of %q", claimed, certID)
 	}

@@ -56,6 +56,7 @@ type Conn struct {
 	spareCtl []outFrame
 	spareQ   []outFrame
 	writing  bool // the writer holds a batch
+	writerUp bool // a writer goroutine runs
 	wclosed  bool
 	wake     chan struct{} // 1-buffered: frames are queued
 	batch    []byte
@@ -158,10 +159,9 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.ctx, c.kill = context.WithCancelCause(context.Background())
-	c.wg.Add(3)
+	c.wg.Add(2)
 	go c.readLoop()
 	go c.acceptLoop()
-	go c.writeLoop()
 	return c
 }
 
@@ -497,7 +497,16 @@ func (c *Conn) enqueue(f outFrame, control bool) bool {
 	} else {
 		c.wq = append(c.wq, f)
 	}
+	start := !c.writerUp
+	if start {
+		c.writerUp = true
+		c.wg.Add(1)
+	}
 	c.wmu.Unlock()
+	if start {
+		go c.writeLoop()
+		return true
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default: // already woken
@@ -505,19 +514,21 @@ func (c *Conn) enqueue(f outFrame, control bool) bool {
 	return true
 }
 
+// writerIdle is how long the writer waits for work before it exits. It is
+// a goroutine of its own (not the caller's), so that a write blocked in the
+// kernel never holds up a caller whose context ends; it lives on while
+// calls keep coming, because starting a goroutine costs an allocation, and
+// it leaves an idle connection, because 10,000 idle peers should not keep
+// 10,000 writers.
+const writerIdle = time.Second
+
 // writeLoop is the connection's one writer. Everything queued at once goes
-// out in one write, control frames first. It is a goroutine of its own (not
-// the caller's), so a write blocked in the kernel never holds up a caller
-// whose context ends; and a long-lived one, because starting a goroutine
-// per batch costs an allocation per call.
+// out in one write, control frames first.
 func (c *Conn) writeLoop() {
 	defer c.wg.Done()
+	idle := time.NewTimer(writerIdle)
+	defer idle.Stop()
 	for {
-		select {
-		case <-c.wake:
-		case <-c.done:
-			return
-		}
 		for {
 			c.wmu.Lock()
 			if c.wclosed || (len(c.ctlq) == 0 && len(c.wq) == 0) {
@@ -541,6 +552,20 @@ func (c *Conn) writeLoop() {
 				c.Abort(c.transportCause(err))
 				return
 			}
+		}
+		idle.Reset(writerIdle)
+		select {
+		case <-c.wake:
+		case <-c.done:
+			return
+		case <-idle.C:
+			c.wmu.Lock()
+			if len(c.ctlq) == 0 && len(c.wq) == 0 {
+				c.writerUp = false // the next enqueue starts a writer
+				c.wmu.Unlock()
+				return
+			}
+			c.wmu.Unlock()
 		}
 	}
 }

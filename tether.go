@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,14 +64,17 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	hs     chan struct{} // bounds handshakes in progress
+
+	hsMu      sync.Mutex // guards handshakes in progress:
+	hsPending []*pendingHandshake
+	hsLive    int // of them not cut off
 
 	closeOnce sync.Once
 }
 
-// maxPendingHandshakes bounds the connections a node handshakes at once;
-// beyond it new connections are closed at once, so a flood of silent
-// dialers costs bounded memory.
+// maxPendingHandshakes bounds the connections a node handshakes at once,
+// so a flood of silent dialers costs bounded memory; past it the oldest
+// handshake is cut off (see admitHandshake).
 const maxPendingHandshakes = 512
 
 // Listen starts a node listening on addr ("host:port"; port 0 picks one).
@@ -88,7 +92,7 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		return nil, err
 	}
 
-	n := &Node{mux: rpc.NewMux(), opts: o, hs: make(chan struct{}, maxPendingHandshakes)}
+	n := &Node{mux: rpc.NewMux(), opts: o}
 	if err := n.startLogging(); err != nil {
 		return nil, err
 	}
@@ -291,19 +295,59 @@ func (n *Node) acceptLoop() {
 			}
 			continue
 		}
-		select {
-		case n.hs <- struct{}{}:
-		default:
-			n.logger.Warn("too many handshakes in progress: connection refused", zap.Stringer("addr", nc.RemoteAddr()))
-			nc.Close()
-			continue
-		}
+		h := n.admitHandshake(nc)
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			defer func() { <-n.hs }()
+			defer n.handshakeDone(h)
 			n.serveConn(nc)
 		}()
+	}
+}
+
+// pendingHandshake is a connection whose handshake is in progress.
+type pendingHandshake struct {
+	nc      net.Conn
+	evicted bool
+}
+
+// admitHandshake makes room for a new handshake. When the node already
+// handshakes maxPendingHandshakes connections, the oldest is cut off
+// rather than the newest refused: a well-behaved peer finishes in a
+// millisecond, so dialers that hold handshakes open (to exhaust the slots)
+// lose them to every new arrival, and cannot keep good peers out.
+func (n *Node) admitHandshake(nc net.Conn) *pendingHandshake {
+	h := &pendingHandshake{nc: nc}
+	var victim net.Conn
+	n.hsMu.Lock()
+	if n.hsLive >= maxPendingHandshakes {
+		for _, o := range n.hsPending {
+			if !o.evicted {
+				o.evicted = true
+				n.hsLive--
+				victim = o.nc
+				break
+			}
+		}
+	}
+	n.hsPending = append(n.hsPending, h)
+	n.hsLive++
+	n.hsMu.Unlock()
+	if victim != nil {
+		n.logger.Info("handshake slots full: the oldest handshake cut off", zap.Stringer("addr", victim.RemoteAddr()))
+		victim.Close()
+	}
+	return h
+}
+
+func (n *Node) handshakeDone(h *pendingHandshake) {
+	n.hsMu.Lock()
+	defer n.hsMu.Unlock()
+	if i := slices.Index(n.hsPending, h); i >= 0 {
+		n.hsPending = slices.Delete(n.hsPending, i, i+1)
+	}
+	if !h.evicted {
+		n.hsLive--
 	}
 }
 

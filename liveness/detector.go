@@ -126,11 +126,9 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func(
 	if kernel != nil {
 		ki, ok = kernel()
 	}
-	if ok && ki.LastDataRecv < idle {
-		// Data reached our kernel that our reader has not yet taken: we are
-		// the slow one. It is evidence of life all the same.
-		idle = ki.LastDataRecv
-	}
+	// (Bytes in our kernel are not evidence: a peer that drips bytes
+	// without completing frames must not look alive. Our own starvation is
+	// caught by the late-check rule above.)
 	switch {
 	case ok && d.silent(cfg, now, waited, ki):
 		s.dead = &Verdict{Kind: Silent, Silence: idle}

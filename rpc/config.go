@@ -77,6 +77,13 @@ type Config struct {
 	// Default DefaultStreamWindow; values below it are raised to it.
 	StreamWindow uint32
 
+	// MaxWriteQueue bounds the bytes queued for the peer and not yet
+	// written. Past it, this side stops reading the peer's requests until
+	// half has drained, so a peer that asks for answers and never reads
+	// them cannot make us hold them without bound. Default: 8 MiB, or twice
+	// MaxMessageSize if more.
+	MaxWriteQueue int
+
 	// WriteTimeout is how long a write may sit in yamux's queue before yamux
 	// gives up on the connection. It is a last resort: liveness (package
 	// liveness, wired by package peer) decides when a peer is dead, and a
@@ -116,6 +123,9 @@ func (c *Config) resolved() (*Config, error) {
 	}
 	if r.MaxConcurrentCalls <= 0 {
 		r.MaxConcurrentCalls = DefaultMaxConcurrentCalls
+	}
+	if r.MaxWriteQueue <= 0 {
+		r.MaxWriteQueue = max(8<<20, 2*r.MaxMessageSize)
 	}
 	if r.HandshakeTimeout <= 0 {
 		r.HandshakeTimeout = DefaultHandshakeTimeout

@@ -34,13 +34,15 @@ type Conn struct {
 	ctrl *yamux.Stream
 	base context.Context // parent of handler contexts; carries the Conn
 
-	mu      sync.Mutex
-	pending map[uint64]*call    // our calls awaiting an answer
-	serving map[uint64]*callCtx // the peer's calls and streams running here
-	probes  map[uint64]probe    // our pings awaiting a pong
-	nextID  uint64              // last call or stream ID issued
-	probeID uint64              // last ping nonce issued
-	dead    *DeadError
+	mu           sync.Mutex
+	pending      map[uint64]*call    // our calls awaiting an answer
+	serving      map[uint64]*callCtx // the peer's calls and streams running here
+	probes       map[uint64]probe    // our pings awaiting a pong
+	nextID       uint64              // last call or stream ID issued
+	refused      int                 // calls refused over the limit since refusedSince
+	refusedSince int64               // nanotime
+	probeID      uint64              // last ping nonce issued
+	dead         *DeadError
 
 	closed     atomic.Bool
 	leaving    atomic.Pointer[error] // Leave is saying goodbye: the end that follows is ours
@@ -55,8 +57,10 @@ type Conn struct {
 	ctlq, wq []outFrame // control frames go first
 	spareCtl []outFrame
 	spareQ   []outFrame
-	writing  bool // the writer holds a batch
-	writerUp bool // a writer goroutine runs
+	writing  bool       // the writer holds a batch
+	writerUp bool       // a writer goroutine runs
+	queued   int        // bytes queued and not yet written
+	drained  *sync.Cond // on wmu: the queue fell below half of its bound
 	wclosed  bool
 	wake     chan struct{} // 1-buffered: frames are queued
 	batch    []byte
@@ -71,6 +75,7 @@ type connStats struct {
 	lateResponses           atomic.Uint64
 	unsent, cancelsSent     atomic.Uint64
 	rejected, handlerPanics atomic.Uint64
+	readerPaused            atomic.Uint64
 }
 
 // Stats counts what a connection did. Every field is cumulative.
@@ -82,6 +87,7 @@ type Stats struct {
 	CancelsSent    uint64 // "nevermind" frames sent for calls already written
 	Rejected       uint64 // the peer's calls refused: unknown method, over a limit
 	HandlerPanics  uint64 // handlers that panicked (answered with CodeInternal)
+	ReaderPaused   uint64 // times reading stopped because answers piled up unsent (MaxWriteQueue)
 	Outstanding    int    // our calls awaiting an answer now
 	FailedAtDeath  int    // our calls failed at once when the connection died
 	Serving        int    // the peer's calls and streams running here now
@@ -154,6 +160,7 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 		wake:     make(chan struct{}, 1),
 		resumed:  make(chan struct{}),
 	}
+	c.drained = sync.NewCond(&c.wmu)
 	if !cfg.StartPaused {
 		c.Resume()
 	}
@@ -208,8 +215,10 @@ func (c *Conn) Err() error {
 // goroutine per connection.
 func (c *Conn) Context() context.Context { return c.ctx }
 
-// LastReceived is when bytes last arrived from the peer: any inbound frame
-// is evidence of life.
+// LastReceived is when the peer last showed life: a whole frame on the
+// control stream (a call, an answer, a probe's answer...), or another 4 KiB
+// of anything (a bulk stream crawling over a slow link). A peer that drips
+// bytes without completing frames shows none.
 func (c *Conn) LastReceived() time.Time { return monoTime(c.wire.lastRecv.Load()) }
 
 // LastSent is when bytes were last written to the transport.
@@ -235,6 +244,7 @@ func (c *Conn) Stats() Stats {
 		CancelsSent:    c.stats.cancelsSent.Load(),
 		Rejected:       c.stats.rejected.Load(),
 		HandlerPanics:  c.stats.handlerPanics.Load(),
+		ReaderPaused:   c.stats.readerPaused.Load(),
 		Outstanding:    out,
 		FailedAtDeath:  failed,
 		Serving:        serving,
@@ -411,6 +421,7 @@ func (c *Conn) Abort(cause error) int {
 	c.wmu.Lock()
 	c.wclosed = true
 	c.ctlq, c.wq = nil, nil
+	c.drained.Broadcast()
 	c.wmu.Unlock()
 
 	for _, cl := range pending {
@@ -497,6 +508,7 @@ func (c *Conn) enqueue(f outFrame, control bool) bool {
 	} else {
 		c.wq = append(c.wq, f)
 	}
+	c.queued += len(f.buf) + headerSize
 	start := !c.writerUp
 	if start {
 		c.writerUp = true
@@ -542,11 +554,21 @@ func (c *Conn) writeLoop() {
 			c.wmu.Unlock()
 
 			err := c.writeBatch(ctl, q)
+			n := 0
+			for _, f := range ctl {
+				n += len(f.buf) + headerSize
+			}
+			for _, f := range q {
+				n += len(f.buf) + headerSize
+			}
 			clear(ctl)
 			clear(q)
 
 			c.wmu.Lock()
 			c.spareCtl, c.spareQ = ctl[:0], q[:0]
+			if c.queued -= n; c.queued <= c.cfg.MaxWriteQueue/2 {
+				c.drained.Broadcast()
+			}
 			c.wmu.Unlock()
 			if err != nil {
 				c.Abort(c.transportCause(err))
@@ -652,8 +674,10 @@ func (c *Conn) readLoop() {
 	r := bufio.NewReaderSize(c.ctrl, 4<<10) // small: an idle connection keeps it
 	var hbuf [headerSize]byte
 	for {
+		c.waitForRoom()
 		h, p, err := readFrame(r, hbuf[:], c.cfg.MaxMessageSize)
 		if err == nil {
+			c.wire.lastRecv.Store(nanotime()) // a whole frame: evidence of life
 			err = c.handleFrame(h, p)
 		} else if !errors.Is(err, ErrProtocolViolation) {
 			err = c.transportCause(err)
@@ -663,6 +687,19 @@ func (c *Conn) readLoop() {
 			return
 		}
 	}
+}
+
+// waitForRoom holds the reader while more than MaxWriteQueue bytes wait to
+// be written: a peer that does not read what it asked for gets no more of
+// its requests served, so it cannot make us hold answers without bound.
+// (If it stays stuck, it answers no probe either, and liveness evicts it.)
+func (c *Conn) waitForRoom() {
+	c.wmu.Lock()
+	for c.queued > c.cfg.MaxWriteQueue && !c.wclosed {
+		c.stats.readerPaused.Add(1)
+		c.drained.Wait()
+	}
+	c.wmu.Unlock()
 }
 
 func (c *Conn) handleFrame(h header, p []byte) error {
@@ -751,6 +788,16 @@ func (c *Conn) admit(id uint64, timeout time.Duration) (*callCtx, Code, error) {
 		return nil, 0, violation("call %d while a call with that ID is running", id)
 	}
 	if len(c.serving) >= c.cfg.MaxConcurrentCalls {
+		// Our limit is in our hello: a peer of ours never calls past it but
+		// in a race (a call it cancelled still running here). One that keeps
+		// calling past it ignores it, and costs us work for each refusal.
+		now := nanotime()
+		if now-c.refusedSince > int64(time.Second) {
+			c.refusedSince, c.refused = now, 0
+		}
+		if c.refused++; c.refused > 2*c.cfg.MaxConcurrentCalls+16 {
+			return nil, 0, violation("%d calls past the advertised limit of %d concurrent calls within a second", c.refused, c.cfg.MaxConcurrentCalls)
+		}
 		return nil, CodeResourceExhausted, nil
 	}
 	cc := newCallCtx(c.base, timeout)

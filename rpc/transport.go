@@ -122,11 +122,6 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 			return nil, err
 		}
 	}
-	if !stop() {
-		return nil, ctx.Err()
-	}
-	conn.SetDeadline(time.Time{})
-
 	w := newWireConn(transport)
 	ycfg := &yamux.Config{
 		AcceptBacklog:          256,
@@ -151,6 +146,14 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 		sess.Close()
 		return nil, fmt.Errorf("opening the control stream: %w", err)
 	}
+	// The deadline stays on the transport until here: a peer that opens its
+	// control stream with half a frame holds yamux's stream lock, which
+	// AcceptStream needs, and only the deadline cuts it off.
+	if !stop() {
+		sess.Close()
+		return nil, ctx.Err()
+	}
+	conn.SetDeadline(time.Time{})
 	return newConn(cfg, w, sess, ctrl, theirs, server), nil
 }
 

@@ -18,7 +18,7 @@ func nanotime() int64 { return int64(time.Since(epoch)) }
 func monoTime(ns int64) time.Time { return epoch.Add(time.Duration(ns)) }
 
 // wireConn sits between yamux and the transport. It records evidence of
-// life (the time of the last inbound bytes) and the first transport error
+// life (see progressBytes) and the first transport error
 // (yamux hides it behind "session shutdown"), and it coalesces yamux's
 // frame writes: yamux writes a data frame's 12-byte header and its body in
 // two calls, which on a TCP socket with Nagle off is two segments and two
@@ -26,9 +26,11 @@ func monoTime(ns int64) time.Time { return epoch.Add(time.Duration(ns)) }
 // the body halves the syscalls of a small call (see BENCHMARKS.md).
 type wireConn struct {
 	net.Conn
-	lastRecv atomic.Int64 // nanotime of the last Read that returned bytes
+	lastRecv atomic.Int64 // nanotime of the last evidence of life (see account)
 	lastSend atomic.Int64 // nanotime of the last Write
 	recvd    atomic.Uint64
+
+	partial int // inbound bytes since the last evidence; yamux's reader only
 
 	errMu sync.Mutex
 	err   error // first transport error
@@ -55,7 +57,10 @@ func newWireConn(c net.Conn) *wireConn {
 func (w *wireConn) Read(p []byte) (int, error) {
 	n, err := w.Conn.Read(p)
 	if n > 0 {
-		w.lastRecv.Store(nanotime())
+		if w.partial += n; w.partial >= progressBytes {
+			w.partial = 0
+			w.lastRecv.Store(nanotime())
+		}
 		w.recvd.Add(uint64(n))
 	}
 	if err != nil {
@@ -90,6 +95,13 @@ func (w *wireConn) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// progressBytes is how many inbound bytes count as evidence of life on
+// their own, without a whole frame: a bulk stream crawling over a slow link
+// shows progress, a peer that drips a byte a second to look alive
+// (slowloris) does not. Whole control frames are evidence too; the reader
+// notes them (Conn.readLoop).
+const progressBytes = 4 << 10
 
 func (w *wireConn) write(p []byte) (int, error) {
 	n, err := w.Conn.Write(p)

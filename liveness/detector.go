@@ -153,7 +153,10 @@ func (d *detector) silent(cfg *Config, now time.Time, waited time.Duration, ki K
 	if !d.stalledAt.IsZero() && now.Sub(d.stalledAt) < stallMemory {
 		bound = max(bound, cfg.StallBound)
 	}
-	return ki.Unacked > 0 && d.probes >= silentProbes && waited >= cfg.MinTimeout && ki.LastAckRecv+ackGranularity >= bound
+	// Segments in flight: our probes, or (during a bulk transfer, when our
+	// probes wait behind the data and are slow to go out) the data itself.
+	inFlight := ki.Unacked >= silentProbes || (ki.Unacked > 0 && d.probes >= silentProbes)
+	return inFlight && waited >= cfg.MinTimeout && ki.LastAckRecv+ackGranularity >= bound
 }
 
 // stallMemory is how long a link that needed retries is treated as one

@@ -526,13 +526,15 @@ func (c *Conn) enqueue(f outFrame, control bool) bool {
 	return true
 }
 
-// writerIdle is how long the writer waits for work before it exits. It is
+// writerIdle is how long the writer waits for work before it exits (less
+// than a probe interval, so a connection that only carries probes keeps no
+// writer between them). It is
 // a goroutine of its own (not the caller's), so that a write blocked in the
 // kernel never holds up a caller whose context ends; it lives on while
 // calls keep coming, because starting a goroutine costs an allocation, and
 // it leaves an idle connection, because 10,000 idle peers should not keep
 // 10,000 writers.
-const writerIdle = time.Second
+const writerIdle = 100 * time.Millisecond
 
 // writeLoop is the connection's one writer. Everything queued at once goes
 // out in one write, control frames first.

@@ -526,14 +526,13 @@ func (c *Conn) enqueue(f outFrame, control bool) bool {
 	return true
 }
 
-// writerIdle is how long the writer waits for work before it exits (less
+// writerIdle is how long the writer waits for work before it exits: less
 // than a probe interval, so a connection that only carries probes keeps no
-// writer between them). It is
-// a goroutine of its own (not the caller's), so that a write blocked in the
-// kernel never holds up a caller whose context ends; it lives on while
-// calls keep coming, because starting a goroutine costs an allocation, and
-// it leaves an idle connection, because 10,000 idle peers should not keep
-// 10,000 writers.
+// writer between them. The writer is a goroutine of its own (not the
+// caller's), so that a write blocked in the kernel never holds up a caller
+// whose context ends; it lives on while calls keep coming, because starting
+// a goroutine costs an allocation, and it leaves an idle connection,
+// because 10,000 idle peers should not keep 10,000 writers.
 const writerIdle = 100 * time.Millisecond
 
 // writeLoop is the connection's one writer. Everything queued at once goes
@@ -877,10 +876,5 @@ func (c *Conn) invoke(ctx context.Context, h Handler, method, args []byte) (resp
 }
 
 func (c *Conn) replyError(id uint64, code Code, msg string) {
-	if len(msg) > maxErrorMessage-2 {
-		msg = msg[:maxErrorMessage-2]
-	}
-	b := make([]byte, 2, 2+len(msg))
-	b[0], b[1] = byte(code>>8), byte(code)
-	c.enqueue(outFrame{kind: kindError, id: id, buf: append(b, msg...)}, false)
+	c.enqueue(outFrame{kind: kindError, id: id, buf: errorPayload(code, msg)}, false)
 }

@@ -159,11 +159,17 @@ func parseRequest(p []byte) (timeout time.Duration, method []byte, args []byte, 
 
 // appendError appends an error frame.
 func appendError(b []byte, id uint64, code Code, msg string) []byte {
+	p := errorPayload(code, msg)
+	return append(appendHeader(b, kindError, len(p), id), p...)
+}
+
+// errorPayload is an error frame's payload: the code, then the message,
+// cut to fit.
+func errorPayload(code Code, msg string) []byte {
 	if len(msg) > maxErrorMessage-2 {
 		msg = msg[:maxErrorMessage-2]
 	}
-	b = appendHeader(b, kindError, 2+len(msg), id)
-	b = binary.BigEndian.AppendUint16(b, uint16(code))
+	b := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(msg)), uint16(code))
 	return append(b, msg...)
 }
 

@@ -13,7 +13,8 @@ import (
 	"github.com/tetherrpc/tether/rpc"
 )
 
-// WithMetrics registers the node's Prometheus metrics on reg. Default: none,
+// WithMetrics registers the node's Prometheus metrics on reg (see README,
+// "Health, metrics and the watchdog", for the list). Default: none,
 // and no cost. When reg is also a prometheus.Gatherer (a *prometheus.Registry
 // is), Health serves them at /metrics too.
 //
@@ -120,11 +121,14 @@ var (
 	descLate2     = prometheus.NewDesc("tether_liveness_late_checks_total", "Liveness checks that ran late (this process was paused), so re-probed instead of judged.", nil, nil)
 	descLog       = prometheus.NewDesc("tether_log_entries_total", "Log entries offered to the node's non-blocking pipeline, by fate.", []string{"state"}, nil)
 	descLogQueued = prometheus.NewDesc("tether_log_entries_queued", "Log entries waiting for the sink.", nil, nil)
+	descFindings  = prometheus.NewDesc("tether_watchdog_findings_total", "Watchdog findings by kind: each stuck call once, each stall, breach and trend once per episode.", []string{"kind"}, nil)
+	descHealthy   = prometheus.NewDesc("tether_healthy", "1 when /healthz would answer 200, else 0.", nil, nil)
+	descHandlers  = prometheus.NewDesc("tether_handlers_in_flight", "Handler calls running now, as the watchdog counts them.", nil, nil)
 	descIncidents = prometheus.NewDesc("tether_incidents_total", "Incident reports: opened, folded (triggers merged into an open one), suppressed (rate limit), written.", []string{"state"}, nil)
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descInFlight, descCalls, descConnects, descReconnect, descLate, descUnsent, descProbes, descLate2, descLog, descLogQueued, descIncidents} {
+	for _, d := range []*prometheus.Desc{descPeers, descInFlight, descCalls, descConnects, descReconnect, descLate, descUnsent, descProbes, descLate2, descLog, descLogQueued, descIncidents, descFindings, descHealthy, descHandlers} {
 		ch <- d
 	}
 }
@@ -151,6 +155,16 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ms := n.reg.Monitor().Stats()
 	counter(descProbes, ms.Probes)
 	counter(descLate2, ms.LateChecks)
+	ws := n.wd.Stats()
+	for kind, v := range ws.Found {
+		counter(descFindings, v, kind.String())
+	}
+	healthy := 0.0
+	if len(n.healthReasons()) == 0 {
+		healthy = 1
+	}
+	gauge(descHealthy, healthy)
+	gauge(descHandlers, float64(ws.InFlight))
 	if n.async != nil {
 		a := n.async.Stats()
 		counter(descLog, a.Enqueued, "enqueued")

@@ -112,6 +112,9 @@ func TestMetricsOverHTTP(t *testing.T) {
 	if _, ok := value(fams, "tether_log_entries_total", map[string]string{"state": "enqueued"}); !ok {
 		t.Error("no log metrics")
 	}
+	if v, ok := value(fams, "tether_healthy", nil); !ok || v != 1 {
+		t.Errorf("tether_healthy = %v (found %v)", v, ok)
+	}
 
 	a.Peers().Evict(p.ID(), errors.New("operator"))
 	ev.next(t, peer.Disconnected, 5e9)

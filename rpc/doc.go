@@ -16,6 +16,15 @@
 //
 // The wire format is in spec.md beside this file.
 //
+// Why calls share one control stream rather than a yamux stream each:
+// measured side by side (BENCHMARKS.md), a stream per call costs yamux a
+// SYN, an ACK and two FINs more per call: 59.5 µs at p50 and 45
+// allocations for a 64-byte echo on loopback, against 19.5 µs and 10 on
+// the shared stream, and 29k against 128k calls/s with 64 callers.
+// Cancelling is no harder: a cancel frame names the call. Bulk data, which
+// would hold up the calls behind it, takes a stream of its own (OpenStream)
+// with yamux's per-stream flow control.
+//
 // A server and a client, over any net.Conn:
 //
 //	mux := rpc.NewMux()

@@ -27,6 +27,7 @@ type options struct {
 	metrics     prometheus.Registerer
 	actions     Actions
 	logPort     []logport.Option
+	penalty     [2]time.Duration
 }
 
 // WithHeartbeat sets the base probe interval: a peer that sends nothing for
@@ -60,6 +61,19 @@ func WithLogPort(opts ...logport.Option) Option {
 // from peers' public keys (rpc.IDFromCertificate), and the node's own ID
 // from cfg.Certificates[0]. rpc.NewCertificate and rpc.TLSConfig make one.
 func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tls = cfg } }
+
+// WithViolationPenalty sets how long a host whose connection was cut for
+// a protocol violation (garbage, a limit flouted, answers to calls never
+// made) may not connect again: base after the first violation, doubling
+// with each further one up to max, forgotten after ten quiet minutes. Its
+// connections in that time are closed at accept, unheard, so a persistent
+// flooder costs the node one accept each, not a handshake, a session and
+// an eviction. The host is the IP address: peers behind one NAT share a
+// penalty (their established connections are never touched). Default 250 ms
+// up to 1 min; base 0 turns it off.
+func WithViolationPenalty(base, max time.Duration) Option {
+	return func(o *options) { o.penalty = [2]time.Duration{base, max} }
+}
 
 // WithHangAfter sets the bound past which a handler still running makes the
 // node unhealthy (see Node.Health), whether or not it honours its context.

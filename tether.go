@@ -61,9 +61,13 @@ type Node struct {
 	served     atomic.Uint64
 	ageTimer   *time.Timer
 
+	penaltyRefused atomic.Uint64 // connections closed unheard
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	penalties *penaltyBox // nil when off
 
 	hsMu      sync.Mutex // guards handshakes in progress:
 	hsPending []*pendingHandshake
@@ -79,7 +83,7 @@ const maxPendingHandshakes = 512
 
 // Listen starts a node listening on addr ("host:port"; port 0 picks one).
 func Listen(addr string, opts ...Option) (*Node, error) {
-	o := options{hangAfter: 30 * time.Second}
+	o := options{hangAfter: 30 * time.Second, penalty: [2]time.Duration{250 * time.Millisecond, time.Minute}}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -125,6 +129,9 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		return nil, err
 	}
 	n.reg = reg
+	if n.penalties = newPenaltyBox(o.penalty[0], o.penalty[1]); n.penalties != nil {
+		reg.Subscribe(n.penalize)
+	}
 	if o.metrics != nil {
 		if err := n.registerMetrics(o.metrics); err != nil {
 			reg.Close()
@@ -293,6 +300,11 @@ func (n *Node) acceptLoop() {
 			case <-n.ctx.Done():
 				return
 			}
+			continue
+		}
+		if n.penalties.refused(nc.RemoteAddr(), time.Now()) {
+			nc.Close()
+			n.penaltyRefused.Add(1)
 			continue
 		}
 		h := n.admitHandshake(nc)

@@ -779,7 +779,11 @@ func (c *Conn) finishProbe(nonce uint64) error {
 // admit registers one of the peer's calls or streams, or says why not. Its
 // context ends at the timeout, if any, on the caller's cancel, when the
 // connection dies, or when released.
-func (c *Conn) admit(id uint64, timeout time.Duration) (*callCtx, Code, error) {
+//
+// Refusals past the limit are allowed for a while, since a call the peer
+// cancelled may still run here; a refused stream counts as streamRefusalCost
+// refused calls, as it cost a yamux stream, a goroutine and a timer.
+func (c *Conn) admit(id uint64, timeout time.Duration, cost int) (*callCtx, Code, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.dead != nil {
@@ -796,7 +800,7 @@ func (c *Conn) admit(id uint64, timeout time.Duration) (*callCtx, Code, error) {
 		if now-c.refusedSince > int64(time.Second) {
 			c.refusedSince, c.refused = now, 0
 		}
-		if c.refused++; c.refused > 2*c.cfg.MaxConcurrentCalls+16 {
+		if c.refused += cost; c.refused > 2*c.cfg.MaxConcurrentCalls+16 {
 			return nil, 0, violation("%d calls past the advertised limit of %d concurrent calls within a second", c.refused, c.cfg.MaxConcurrentCalls)
 		}
 		return nil, CodeResourceExhausted, nil
@@ -828,7 +832,7 @@ func (c *Conn) serveCall(id uint64, p []byte) error {
 		c.replyError(id, CodeUnknownMethod, "no handler for "+string(method))
 		return nil
 	}
-	cc, code, err := c.admit(id, timeout)
+	cc, code, err := c.admit(id, timeout, 1)
 	if err != nil || code != 0 {
 		if code == CodeResourceExhausted {
 			c.stats.rejected.Add(1)

@@ -123,6 +123,10 @@ func (c *Conn) acceptLoop() {
 	}
 }
 
+// streamRefusalCost is what a stream refused past the limit counts for
+// against the allowance of refusals before a connection is cut off.
+const streamRefusalCost = 4
+
 func (c *Conn) serveStream(ys *yamux.Stream) {
 	ys.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 	var hb [headerSize]byte
@@ -159,7 +163,7 @@ func (c *Conn) serveStream(ys *yamux.Stream) {
 		refuse(CodeUnknownMethod, "no stream handler for "+string(method))
 		return
 	}
-	cc, code, err := c.admit(h.id, timeout)
+	cc, code, err := c.admit(h.id, timeout, streamRefusalCost)
 	if code == CodeResourceExhausted {
 		refuse(code, fmt.Sprintf("%d calls and streams running, the limit per connection", c.cfg.MaxConcurrentCalls))
 		return

@@ -176,11 +176,27 @@ func checkID(claimed, own, certID, expect string) error {
 // connection is reported once, by whoever evicts it, not by every layer.
 type yamuxLogger struct{ l *zap.Logger }
 
-func (y yamuxLogger) Print(v ...any) { y.log(fmt.Sprint(v...)) }
+func (y yamuxLogger) Print(v ...any) {
+	if y.on() {
+		y.log(fmt.Sprint(v...))
+	}
+}
 
-func (y yamuxLogger) Printf(format string, v ...any) { y.log(fmt.Sprintf(format, v...)) }
+func (y yamuxLogger) Printf(format string, v ...any) {
+	if y.on() {
+		y.log(fmt.Sprintf(format, v...))
+	}
+}
 
-func (y yamuxLogger) Println(v ...any) { y.log(fmt.Sprintln(v...)) }
+func (y yamuxLogger) Println(v ...any) {
+	if y.on() {
+		y.log(fmt.Sprintln(v...))
+	}
+}
+
+// on tells whether a line would be written, before it is formatted: a
+// flood of streams makes yamux log one line per refused stream.
+func (y yamuxLogger) on() bool { return y.l.Core().Enabled(zap.DebugLevel) }
 
 func (y yamuxLogger) log(s string) {
 	if ce := y.l.Check(zap.DebugLevel, "yamux"); ce != nil {

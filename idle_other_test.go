@@ -1,0 +1,5 @@
+//go:build !linux
+
+package tether_test
+
+func runAsIdle() bool { return false }

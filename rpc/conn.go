@@ -400,9 +400,18 @@ func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 
 // Abort kills the connection at once with cause: every outstanding call
 // fails with a *DeadError wrapping cause, every handler serving the peer has
-// its context cancelled, and the transport is closed. It returns how many
-// outstanding calls it failed. Only the first Abort (or Close) counts.
-func (c *Conn) Abort(cause error) int {
+// its context cancelled, and the transport is reset (a TCP RST, not a FIN).
+// It returns how many outstanding calls it failed. Only the first Abort (or
+// Close) counts.
+//
+// Why a reset: Abort is for a peer judged dead or hostile. A FIN would wait
+// behind our unacknowledged segments, which the kernel would go on
+// retransmitting for minutes; a reset goes out at once, frees the socket,
+// and where the path still works one way (a one-way partition) tells the
+// peer at once, rather than after its own heartbeats fail.
+func (c *Conn) Abort(cause error) int { return c.abort(cause, true) }
+
+func (c *Conn) abort(cause error, reset bool) int {
 	if cause == nil {
 		cause = ErrClosed
 	}
@@ -433,6 +442,9 @@ func (c *Conn) Abort(cause error) int {
 	}
 	close(c.done)
 	c.kill(c.dead)
+	if tc := tcpConn(c.wire.Conn); reset && tc != nil {
+		tc.SetLinger(0)
+	}
 	if errors.Is(cause, ErrProtocolViolation) {
 		c.cfg.Logger.Error("protocol violation: connection closed",
 			zap.String("peer", c.remoteID), zap.Stringer("addr", c.RemoteAddr()), zap.Error(cause))
@@ -478,8 +490,8 @@ func (c *Conn) Leave(cause error) error {
 		}
 		t.Stop()
 	}
-	c.Abort(cause)
-	c.Resume() // goroutines held by StartPaused must run to end
+	c.abort(cause, false) // a reset could overtake the goodbye
+	c.Resume()            // goroutines held by StartPaused must run to end
 	c.wg.Wait()
 	return nil
 }

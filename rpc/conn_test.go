@@ -8,6 +8,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -490,3 +491,33 @@ func waitFor(t testing.TB, cond func() bool, what string) {
 }
 
 var _ io.ReadWriteCloser = (*Stream)(nil)
+
+// Abort resets the TCP connection, so the peer learns at once even when
+// our unacknowledged segments would hold a FIN back (as in a one-way
+// partition); Close says goodbye instead.
+func TestAbortResetsCloseSaysGoodbye(t *testing.T) {
+	for _, tr := range []string{"tcp", "tls"} {
+		t.Run(tr, func(t *testing.T) {
+			c, s := pair(t, tr, nil, nil)
+			s.Abort(errors.New("judged dead"))
+			select {
+			case <-c.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("the peer of an aborted connection did not notice")
+			}
+			// (Over TLS the close_notify alert goes first, and on a live
+			// path is read before the reset; on a dead path it waits behind
+			// the rest while the reset goes out.)
+			if err := c.Err(); !errors.Is(err, syscall.ECONNRESET) && (tr != "tls" || !errors.Is(err, io.EOF)) {
+				t.Fatalf("the peer saw %v, want a connection reset", err)
+			}
+
+			c, s = pair(t, tr, nil, nil)
+			s.Close()
+			<-c.Done()
+			if err := c.Err(); !errors.Is(err, ErrPeerLeft) {
+				t.Fatalf("the peer of a closed connection saw %v, want ErrPeerLeft", err)
+			}
+		})
+	}
+}

@@ -203,3 +203,18 @@ func (y yamuxLogger) log(s string) {
 		ce.Write(zap.String("msg", strings.TrimSpace(s)))
 	}
 }
+
+// tcpConn finds the *net.TCPConn under c (through TLS, or any wrapper with
+// a NetConn method), or nil.
+func tcpConn(c net.Conn) *net.TCPConn {
+	for {
+		switch x := c.(type) {
+		case *net.TCPConn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
+}

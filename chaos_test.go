@@ -125,6 +125,7 @@ type cxFault struct {
 	ports      []int  // connections touching these ports are cut; none for a spike
 	start, end time.Time
 	concurrent bool // another fault was active when it started
+	checking   bool // healed, and its reconnection is being checked: the target is still busy
 	detail     string
 }
 
@@ -524,10 +525,11 @@ func (c *chaos) activeFaults(now time.Time) []*cxFault {
 	return out
 }
 
-// busy reports whether name has a fault now.
+// busy reports whether name has a fault now, or one whose reconnection is
+// still being checked (a second fault then would make it fail).
 func (c *chaos) busyLocked(name string) bool {
-	for _, f := range c.activeFaults(time.Now()) {
-		if f.target == name || strings.HasPrefix(f.target, name+"/") {
+	for _, f := range c.faults {
+		if (f.end.IsZero() || time.Now().Before(f.end) || f.checking) && (f.target == name || strings.HasPrefix(f.target, name+"/")) {
 			return true
 		}
 	}
@@ -609,6 +611,18 @@ func (c *chaos) inject(wg *sync.WaitGroup) {
 	}()
 }
 
+// healed ends a fault and checks that the clients reconnect, the target
+// kept busy (no new fault on it) until then.
+func (c *chaos) healed(f *cxFault, id peer.ID, name string, outage time.Duration) {
+	c.mu.Lock()
+	f.end, f.checking = time.Now(), true
+	c.mu.Unlock()
+	c.checkReconnect(f, id, name, outage)
+	c.mu.Lock()
+	f.checking = false
+	c.mu.Unlock()
+}
+
 func (c *chaos) endFault(f *cxFault) {
 	c.mu.Lock()
 	f.end = time.Now()
@@ -682,8 +696,7 @@ func (c *chaos) partition(f *cxFault, s *cxServer, d time.Duration) {
 	}
 	time.Sleep(d)
 	heal()
-	c.endFault(f)
-	c.checkReconnect(f, s.id, s.name, d)
+	c.healed(f, s.id, s.name, d)
 }
 
 // loseLink silences one connection between a client and a server (its
@@ -756,8 +769,7 @@ func (c *chaos) crash(f *cxFault, s *cxServer, d time.Duration) {
 	s.mu.Unlock()
 	time.Sleep(d)
 	c.startServer(s, s.addr)
-	c.endFault(f)
-	c.checkReconnect(f, s.id, s.name, d)
+	c.healed(f, s.id, s.name, d)
 }
 
 // pause stops a child-process server for d.
@@ -766,9 +778,10 @@ func (c *chaos) pause(f *cxFault, k *cxChild, d time.Duration) {
 	k.proc.Signal(syscall.SIGSTOP)
 	time.Sleep(d)
 	k.proc.Signal(syscall.SIGCONT)
-	c.endFault(f)
 	if d >= cxHangBound {
-		c.checkReconnect(f, k.id, k.name, d)
+		c.healed(f, k.id, k.name, d)
+	} else {
+		c.endFault(f)
 	}
 }
 

@@ -159,14 +159,20 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	r.peers[p.id] = p
 	r.totals.Connects++
 	reconnect := false
-	if k := r.kept[addr]; k != nil && dialed {
-		reconnect = k.everConnected
-		k.everConnected = true
-	}
 	if old != nil && old.kept != nil {
 		// The keeper follows the peer to the reference that replaces the
 		// one it was attached to; the retired one will not redial.
-		p.kept, old.kept = old.kept, nil
+		r.attachLocked(old.kept, p)
+	}
+	if k := r.kept[addr]; k != nil && dialed {
+		// A connection dialed to a kept address takes its keeper now,
+		// whoever dialed it: were the keeper to attach only when its own
+		// attempt returns, a Dial of the same address in between would
+		// leave it on the reference this one replaces, whose retirement
+		// would then redial (and replace this one in turn).
+		reconnect = k.everConnected
+		k.everConnected = true
+		r.attachLocked(k, p)
 	}
 	// Watch before anyone can see the reference; stop watching at death.
 	p.watch = r.mon.Watch(c, liveness.KernelSource(c.NetConn()), liveness.Events{
@@ -192,6 +198,15 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 		r.log.Info("peer reconnected", zap.String("peer", string(p.id)), zap.String("addr", addr))
 	}
 	return p, nil
+}
+
+// attachLocked makes k follow p: a keeper follows one reference at a time,
+// and redials when that one dies.
+func (r *Registry) attachLocked(k *keeper, p *Peer) {
+	if k.peer != nil && k.peer != p && k.peer.kept == k {
+		k.peer.kept = nil
+	}
+	k.peer, p.kept = p, k
 }
 
 // retire ends a connection that another to the same peer replaced: it
@@ -241,13 +256,23 @@ func (r *Registry) newWins(old, new *Peer) bool {
 	return !weDialedNew
 }
 
-// Dial connects to addr with Config.Dial and registers the connection.
+// Dial returns the live reference this registry dialed to addr, if there
+// is one; else it connects with Config.Dial and registers the connection.
+// (A second connection dialed to the same peer would replace the first, and
+// the two sides may register the two in different orders: each would then
+// keep a different one.)
 func (r *Registry) Dial(ctx context.Context, addr string) (*Peer, error) {
 	if r.cfg.Dial == nil {
 		return nil, errors.New("peer: the Registry's Config has no Dial")
 	}
 	r.mu.Lock()
 	closed := r.closed
+	for _, p := range r.peers {
+		if p.dialed && p.addr == addr && p.conn.Err() == nil {
+			r.mu.Unlock()
+			return p, nil
+		}
+	}
 	r.mu.Unlock()
 	if closed {
 		return nil, ErrRegistryClosed
@@ -327,6 +352,9 @@ func (r *Registry) gone(p *Peer) {
 	}
 	k := p.kept
 	p.kept = nil
+	if k != nil && k.peer == p {
+		k.peer = nil
+	}
 	closing := r.closed
 	r.totals.Disconnects++
 	r.totals.add(st)

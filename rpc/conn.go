@@ -426,6 +426,11 @@ func (c *Conn) abort(cause error, reset bool) int {
 	c.pending, c.serving, c.probes = nil, nil, nil
 	c.failed = len(pending)
 	c.mu.Unlock()
+	if errors.Is(cause, ErrProtocolViolation) {
+		// Before anyone hears of the death: the cause comes first in the log.
+		c.cfg.Logger.Error("protocol violation: connection closed",
+			zap.String("peer", c.remoteID), zap.Stringer("addr", c.RemoteAddr()), zap.Error(cause))
+	}
 
 	c.wmu.Lock()
 	c.wclosed = true
@@ -444,10 +449,6 @@ func (c *Conn) abort(cause error, reset bool) int {
 	c.kill(c.dead)
 	if tc := tcpConn(c.wire.Conn); reset && tc != nil {
 		tc.SetLinger(0)
-	}
-	if errors.Is(cause, ErrProtocolViolation) {
-		c.cfg.Logger.Error("protocol violation: connection closed",
-			zap.String("peer", c.remoteID), zap.Stringer("addr", c.RemoteAddr()), zap.Error(cause))
 	}
 	c.sess.Close()
 	return len(pending)

@@ -327,7 +327,11 @@ func (c *Conn) Call(ctx context.Context, method string, args, reply any) error {
 	select {
 	case <-cl.done:
 		resp, err := cl.resp, cl.err
-		putCall(cl)
+		if _, died := err.(*DeadError); !died {
+			// (A call failed by the connection's death may still be in the
+			// writer's hands, its request being copied: the GC takes it.)
+			putCall(cl)
+		}
 		if err != nil {
 			if re, ok := err.(*RemoteError); ok {
 				re.Method = method

@@ -521,3 +521,34 @@ func TestAbortResetsCloseSaysGoodbye(t *testing.T) {
 		})
 	}
 }
+
+// A call failed by its connection's death may still be in the writer's
+// hands; it must not be recycled for the next call while the writer copies
+// its request (the race detector watches this test).
+func TestAbortWhileWritingRecyclesNothingInUse(t *testing.T) {
+	args := bytes.Repeat([]byte("x"), 2048)
+	for range 20 {
+		c, _ := pair(t, "tcp", nil, &Config{Mux: echoMux()})
+		spare, _ := pair(t, "tcp", nil, &Config{Mux: echoMux()})
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 200; i++ {
+					conn := c
+					if c.Err() != nil {
+						conn = spare // calls from the pool, while c's writer may still copy
+					}
+					if err := conn.Call(context.Background(), "echo", args, nil); err != nil && !errors.Is(err, ErrDeadReference) {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Millisecond)
+		c.Abort(errors.New("evicted"))
+		wg.Wait()
+	}
+}

@@ -944,6 +944,16 @@ func TestHostileFloods(t *testing.T) {
 				opts = append(opts, tether.WithViolationPenalty(0, 0))
 			}
 			t.Run(name, func(t *testing.T) {
+				if !penalty && raceEnabled {
+					// Without the penalty a victim built with the race
+					// detector (5-10x slower) on a CI machine shared with
+					// other packages' tests is driven into overload: once,
+					// its well-behaved peer was convicted as silent (616 ms
+					// without an ACK from the starved victim's kernel). This
+					// variant is a comparison, not a promise; the default
+					// runs under -race above.
+					t.Skip("the comparison without the penalty runs without -race only")
+				}
 				// The floor is a p99 over a fraction of a second, on a
 				// machine that CI shares with other packages' tests: it
 				// must hold in one of three attempts, each on fresh nodes

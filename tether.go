@@ -263,9 +263,10 @@ func (n *Node) stopLogging() {
 	}
 }
 
-// Dial connects to addr and returns the peer's live reference, registered.
-// addr is "host:port", or "ID@host:port" to refuse any peer but that one
-// (authenticated with WithTLS).
+// Dial connects to addr and returns the peer's live reference, registered;
+// if this node holds a live reference it dialed to addr already, it returns
+// that one. addr is "host:port", or "ID@host:port" to refuse any peer but
+// that one (authenticated with WithTLS).
 func (n *Node) Dial(ctx context.Context, addr string) (*peer.Peer, error) {
 	return n.reg.Dial(ctx, addr)
 }

@@ -94,6 +94,7 @@ func TestSilentPartitionKernel(t *testing.T) {
 			t.Fatal("b's handlers were not cancelled")
 		}
 	}
+	a.Logger().Sync() // the node's log goes through incident.Async
 	if w := logs.FilterLevelExact(zapcore.WarnLevel).All(); len(w) != 1 || w[0].Message != "peer evicted" {
 		t.Fatalf("want one Warn line, got %+v", w)
 	}

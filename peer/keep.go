@@ -65,21 +65,18 @@ type keeper struct {
 	mu       sync.Mutex
 	timer    *time.Timer
 	stopped  bool
-	pending  bool // an attempt is scheduled and has not started
 	attempts int
 	running  sync.WaitGroup // an attempt in progress
 
-	everConnected bool  // guarded by the registry's mu
-	peer          *Peer // the reference it follows; guarded by the registry's mu
+	everConnected bool // guarded by the registry's mu
 }
 
 func (k *keeper) schedule(r *Registry, d time.Duration) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.stopped || k.pending {
-		return // one attempt at a time: a second would make a second loop
+	if k.stopped {
+		return
 	}
-	k.pending = true
 	k.running.Add(1)
 	k.timer = time.AfterFunc(d, func() { defer k.running.Done(); k.attempt(r) })
 }
@@ -101,19 +98,10 @@ func (k *keeper) next() time.Duration {
 
 func (k *keeper) attempt(r *Registry) {
 	k.mu.Lock()
-	k.pending = false
 	if k.stopped {
 		k.mu.Unlock()
 		return
 	}
-	k.mu.Unlock()
-	r.mu.Lock()
-	following := k.peer != nil && k.peer.conn.Err() == nil
-	r.mu.Unlock()
-	if following {
-		return // it follows a live reference already: nothing to redial
-	}
-	k.mu.Lock()
 	k.attempts++
 	n := k.attempts
 	k.mu.Unlock()
@@ -144,16 +132,14 @@ func (k *keeper) attempt(r *Registry) {
 	k.bo.Reset()
 	k.attempts = 0
 	k.mu.Unlock()
-	// Add attached the keeper to the connection it dialed, if that one
-	// was registered; if an older reference stayed instead (see Add), or
-	// a newer one replaced it since, the keeper follows the peer's current
-	// reference, so that one keeper drives one retry loop. If there is
-	// none alive, gone found no keeper on it: retry here.
+	// The keeper attaches itself to the reference Dial returned (an older
+	// one the peer dialed, if that one stays: see Add), and only here, so
+	// that one keeper drives one retry loop. If the reference died
+	// already, gone found no keeper on it: retry here.
 	r.mu.Lock()
-	cur := r.peers[p.id]
-	alive := cur != nil && cur.conn.Err() == nil
-	if alive && cur.kept != k {
-		r.attachLocked(k, cur)
+	alive := p.conn.Err() == nil
+	if alive {
+		p.kept = k
 	}
 	r.mu.Unlock()
 	if !alive {

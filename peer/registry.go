@@ -159,20 +159,14 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	r.peers[p.id] = p
 	r.totals.Connects++
 	reconnect := false
+	if k := r.kept[addr]; k != nil && dialed {
+		reconnect = k.everConnected
+		k.everConnected = true
+	}
 	if old != nil && old.kept != nil {
 		// The keeper follows the peer to the reference that replaces the
 		// one it was attached to; the retired one will not redial.
-		r.attachLocked(old.kept, p)
-	}
-	if k := r.kept[addr]; k != nil && dialed {
-		// A connection dialed to a kept address takes its keeper now,
-		// whoever dialed it: were the keeper to attach only when its own
-		// attempt returns, a Dial of the same address in between would
-		// leave it on the reference this one replaces, whose retirement
-		// would then redial (and replace this one in turn).
-		reconnect = k.everConnected
-		k.everConnected = true
-		r.attachLocked(k, p)
+		p.kept, old.kept = old.kept, nil
 	}
 	// Watch before anyone can see the reference; stop watching at death.
 	p.watch = r.mon.Watch(c, liveness.KernelSource(c.NetConn()), liveness.Events{
@@ -198,15 +192,6 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 		r.log.Info("peer reconnected", zap.String("peer", string(p.id)), zap.String("addr", addr))
 	}
 	return p, nil
-}
-
-// attachLocked makes k follow p: a keeper follows one reference at a time,
-// and redials when that one dies.
-func (r *Registry) attachLocked(k *keeper, p *Peer) {
-	if k.peer != nil && k.peer != p && k.peer.kept == k {
-		k.peer.kept = nil
-	}
-	k.peer, p.kept = p, k
 }
 
 // retire ends a connection that another to the same peer replaced: it
@@ -352,9 +337,6 @@ func (r *Registry) gone(p *Peer) {
 	}
 	k := p.kept
 	p.kept = nil
-	if k != nil && k.peer == p {
-		k.peer = nil
-	}
 	closing := r.closed
 	r.totals.Disconnects++
 	r.totals.add(st)

@@ -25,7 +25,6 @@ import (
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/incident"
 	"github.com/tetherrpc/tether/incident/logport"
-	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -936,33 +935,10 @@ func (c *chaos) nameOf(id peer.ID, p *peer.Peer) string {
 	return string(id)
 }
 
-func causeClass(cause error) string {
-	var v *liveness.Verdict
-	switch {
-	case errors.As(cause, &v):
-		switch v.Kind {
-		case liveness.Silent:
-			return "missed heartbeats (silent)"
-		case liveness.Hung:
-			return "missed heartbeats (hung)"
-		}
-		return "missed heartbeats"
-	case errors.Is(cause, rpc.ErrPeerLeft):
-		return "peer left"
-	case errors.Is(cause, peer.ErrReplaced):
-		return "replaced"
-	case errors.Is(cause, rpc.ErrClosed):
-		return "closed here"
-	case errors.Is(cause, rpc.ErrProtocolViolation):
-		return "protocol violation"
-	}
-	return "transport: " + cause.Error()
-}
-
 func (c *chaos) judgeEviction(node string, onClient bool, ev peer.Event) {
 	p := ev.Peer
 	lp, rp := connPorts(p)
-	class := causeClass(ev.Cause)
+	class := tether.CauseLabel(ev.Cause)
 	now := ev.Time
 	c.mu.Lock()
 	c.evictions[class]++

@@ -13,7 +13,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -187,6 +186,26 @@ func hxConnect(t testing.TB, nc net.Conn, id string) *hxPeer {
 		t.Fatal(err)
 	}
 	return &hxPeer{id: id, nc: nc, sess: sess, ctrl: ctrl}
+}
+
+// answerPings reads the control stream until it ends, in a goroutine of
+// its own: it answers the victim's pings (so liveness sees a live peer) and
+// hands every other frame to other.
+func (h *hxPeer) answerPings(other func(hxFrameMsg)) {
+	go func() {
+		br := bufio.NewReader(h.ctrl)
+		for {
+			f, err := hxReadFrame(br)
+			if err != nil {
+				return
+			}
+			if f.kind == hxKindPing {
+				h.ctrl.Write(hxFrame(hxKindPong, f.id, nil))
+				continue
+			}
+			other(f)
+		}
+	}()
 }
 
 // ---- the victim and its good peer ----
@@ -661,33 +680,14 @@ func init() {
 
 // hostileChild is a flooding child process.
 type hostileChild struct {
-	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	out   *bufio.Reader
 }
 
 func startHostileChild(t *testing.T, mode, addr string) *hostileChild {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "TETHER_HOSTILE_CHILD="+mode+"@"+addr, "GODEBUG=")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &hostileChild{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
-	t.Cleanup(func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	stdin, out, _ := startChild(t, "TETHER_HOSTILE_CHILD="+mode+"@"+addr, "GODEBUG=")
+	c := &hostileChild{stdin: stdin, out: out}
 	if line, err := c.out.ReadString('\n'); err != nil || line != "READY\n" {
 		t.Fatalf("hostile child: %q %v", line, err)
 	}
@@ -1173,21 +1173,11 @@ func TestHostileAnswersCallsNeverMade(t *testing.T) {
 		h := hxConnect(t, hxDial(t, r.v.Addr().String()), "slow")
 		hv := r.vev.next(t, peer.Connected, 5*time.Second).Peer
 		reqs := make(chan hxFrameMsg, 16)
-		go func() {
-			br := bufio.NewReader(h.ctrl)
-			for {
-				f, err := hxReadFrame(br)
-				if err != nil {
-					return
-				}
-				switch f.kind {
-				case hxKindPing:
-					h.ctrl.Write(hxFrame(hxKindPong, f.id, nil))
-				case hxKindRequest:
-					reqs <- f
-				}
+		h.answerPings(func(f hxFrameMsg) {
+			if f.kind == hxKindRequest {
+				reqs <- f
 			}
-		}()
+		})
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		if err := hv.Call(ctx, "anything", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
@@ -1289,18 +1279,7 @@ func TestHostileSilentStream(t *testing.T) {
 	r := newHxRig(t, rpc.Config{HandshakeTimeout: timeout})
 	h := hxConnect(t, hxDial(t, r.v.Addr().String()), "mute")
 	hv := r.vev.next(t, peer.Connected, 5*time.Second).Peer
-	go func() {
-		br := bufio.NewReader(h.ctrl)
-		for {
-			f, err := hxReadFrame(br)
-			if err != nil {
-				return
-			}
-			if f.kind == hxKindPing {
-				h.ctrl.Write(hxFrame(hxKindPong, f.id, nil))
-			}
-		}
-	}()
+	h.answerPings(func(hxFrameMsg) {})
 	s, err := h.sess.OpenStream()
 	if err != nil {
 		t.Fatal(err)

@@ -44,13 +44,15 @@ func serveTestMethods(n *tether.Node) {
 	}))
 }
 
-// childNode runs a node in a child process (so that it can be paused with
-// SIGSTOP) and returns its address and process.
-func childNode(t *testing.T) (addr string, proc *os.Process) {
+// startChild re-executes this test binary with env added (its init sees
+// it and plays its part) and returns the child's stdin, stdout and process.
+// At the end of the test the child is resumed (it may be stopped), its stdin
+// closed (its cue to end), and it is killed if it has not ended in 5 s.
+func startChild(t *testing.T, env ...string) (stdin io.WriteCloser, out *bufio.Reader, proc *os.Process) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "TETHER_CHILD_NODE=1")
-	stdin, _ := cmd.StdinPipe()
+	cmd.Env = append(os.Environ(), env...)
+	stdin, _ = cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -68,11 +70,19 @@ func childNode(t *testing.T) (addr string, proc *os.Process) {
 			<-done
 		}
 	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	return stdin, bufio.NewReader(stdout), cmd.Process
+}
+
+// childNode runs a node in a child process (so that it can be paused with
+// SIGSTOP) and returns its address and process.
+func childNode(t *testing.T) (addr string, proc *os.Process) {
+	t.Helper()
+	_, out, proc := startChild(t, "TETHER_CHILD_NODE=1")
+	line, err := out.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "ADDR ") {
 		t.Fatalf("child node: %q %v", line, err)
 	}
-	return strings.TrimSpace(strings.TrimPrefix(line, "ADDR ")), cmd.Process
+	return strings.TrimSpace(strings.TrimPrefix(line, "ADDR ")), proc
 }
 
 // runChildNode is the child's side: serve until stdin closes.

@@ -479,15 +479,7 @@ func (rig *fzRig) finish() {
 		rig.violate("Stats %+v inconsistent with List (%d)", st, n)
 	}
 
-	rig.mu.Lock()
-	rig.closed = true
-	stops := rig.keeps
-	rig.keeps = nil
-	rig.mu.Unlock()
-	for _, stop := range stops {
-		stop()
-	}
-	rig.r.Close()
+	rig.close()
 	// Close delivers the last events: nothing may be missing now.
 	rig.evMu.Lock()
 	for p := range rig.connected {
@@ -502,7 +494,8 @@ func (rig *fzRig) finish() {
 	}
 }
 
-func (rig *fzRig) cleanup() {
+// close stops every Keep and closes the registry.
+func (rig *fzRig) close() {
 	rig.mu.Lock()
 	rig.closed = true
 	stops := rig.keeps
@@ -512,6 +505,10 @@ func (rig *fzRig) cleanup() {
 		stop()
 	}
 	rig.r.Close()
+}
+
+func (rig *fzRig) cleanup() {
+	rig.close()
 	rig.mu.Lock()
 	all := rig.all
 	rig.mu.Unlock()

@@ -63,17 +63,19 @@ type detector struct {
 
 // step is what the detector decided at one check.
 type step struct {
-	probe   bool      // send a probe now
-	suspect int       // +1: became suspect; -1: no longer suspect
-	late    bool      // the check ran late: we re-probed rather than judged
-	dead    *Verdict  // non-nil: evict
-	next    time.Time // when to check again
+	probe       bool      // send a probe now
+	suspect     int       // +1: became suspect; -1: no longer suspect
+	late        bool      // the check ran late: we re-probed rather than judged
+	kernelCheck bool      // an idle peer was found alive by its kernel's acknowledgements
+	dead        *Verdict  // non-nil: evict
+	next        time.Time // when to check again
 }
 
 // check decides what to do at now. due is when the check was meant to run;
-// lastRecv is when bytes last arrived; kernel, if not nil, reads the kernel's
-// evidence (it is called only while a round of probing is overdue).
-func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func() (KernelInfo, bool)) (s step) {
+// lastRecv is when bytes last arrived; busy says our calls to the peer are
+// outstanding; kernel, if not nil, reads the kernel's evidence (it is called
+// only for an idle peer, and while a round of probing is overdue).
+func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, kernel func() (KernelInfo, bool)) (s step) {
 	if d.est.Samples() == 0 && d.lastProbe.IsZero() {
 		s.probe = true // learn the round trip at once
 		d.lastProbe = now
@@ -93,6 +95,9 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, kernel func(
 	if d.probing.IsZero() {
 		if idle < cfg.Interval && !urgent {
 			s.next = lastRecv.Add(cfg.Interval)
+			return s
+		}
+		if !urgent && !busy && d.keptAlive(cfg, &s, now, kernel) {
 			return s
 		}
 		d.startRound(&s, now)
@@ -157,6 +162,26 @@ func (d *detector) silent(cfg *Config, now time.Time, waited time.Duration, ki K
 	// probes wait behind the data and are slow to go out) the data itself.
 	inFlight := ki.Unacked >= silentProbes || (ki.Unacked > 0 && d.probes >= silentProbes)
 	return inFlight && waited >= cfg.MinTimeout && ki.LastAckRecv+ackGranularity >= bound
+}
+
+// keptAlive reports whether an idle peer's kernel acknowledged our kernel's
+// keepalives lately, so that no probe is needed now, and schedules the next
+// look at the instant the acknowledgement could next be overdue.
+func (d *detector) keptAlive(cfg *Config, s *step, now time.Time, kernel func() (KernelInfo, bool)) bool {
+	if cfg.KeepAlive <= 0 || kernel == nil || now.Sub(d.lastProbe) >= cfg.IdleProbe {
+		return false
+	}
+	ki, ok := kernel()
+	if !ok || ki.Unacked > 0 {
+		return false // nothing to go by, or data in flight: probe
+	}
+	bound := cfg.KeepAlive + cfg.MinTimeout
+	if ki.LastAckRecv >= bound {
+		return false
+	}
+	s.kernelCheck = true
+	s.next = earliest(now.Add(max(bound-ki.LastAckRecv, cfg.RetryInterval)), d.lastProbe.Add(cfg.IdleProbe))
+	return true
 }
 
 // stallMemory is how long a link that needed retries is treated as one

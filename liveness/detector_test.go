@@ -21,6 +21,7 @@ type sim struct {
 	// answer, if set, returns the round trip of a probe sent at t, or false.
 	answer func(t time.Time) (time.Duration, bool)
 	kernel func(now time.Time) (KernelInfo, bool)
+	busy   bool // our calls to the peer are outstanding
 	// lag, if set, is how late each check runs.
 	lag     func(due time.Time) time.Duration
 	answers []time.Time // pending answer arrival times
@@ -48,7 +49,7 @@ func (s *sim) run(until time.Time) (*Verdict, time.Time) {
 			now := s.now
 			kernel = func() (KernelInfo, bool) { return s.kernel(now) }
 		}
-		st := s.d.check(&s.cfg, s.now, due, s.lastRecv, kernel)
+		st := s.d.check(&s.cfg, s.now, due, s.lastRecv, s.busy, kernel)
 		if st.late {
 			s.late++
 		}
@@ -108,7 +109,7 @@ func TestBusyPeerIsNotProbed(t *testing.T) {
 	for i := range 100 {
 		s.lastRecv = t0.Add(time.Duration(i) * 100 * time.Millisecond)
 		s.now = s.lastRecv.Add(99 * time.Millisecond)
-		st := s.d.check(&s.cfg, s.now, time.Time{}, s.lastRecv, nil)
+		st := s.d.check(&s.cfg, s.now, time.Time{}, s.lastRecv, false, nil)
 		if st.probe || st.dead != nil {
 			t.Fatalf("busy peer probed or convicted at step %d: %+v", i, st)
 		}
@@ -169,10 +170,12 @@ func TestLossyLinkIsNotSilent(t *testing.T) {
 	}
 }
 
-// A hung process: its kernel acknowledges, it never answers.
+// A hung process: its kernel acknowledges, it never answers. With our calls
+// outstanding it is probed while quiet and convicted after HangAfter.
 func TestHungPeer(t *testing.T) {
 	cfg := LAN()
 	s := newSim(cfg)
+	s.busy = true
 	hang := t0.Add(time.Second)
 	s.answer = func(at time.Time) (time.Duration, bool) { return time.Millisecond, at.Before(hang) }
 	s.kernel = func(now time.Time) (KernelInfo, bool) {
@@ -185,6 +188,121 @@ func TestHungPeer(t *testing.T) {
 	// HangAfter counts from its last answer, up to an interval before the hang.
 	if took := at.Sub(hang); took < cfg.HangAfter-cfg.Interval || took > cfg.HangAfter+cfg.Interval+cfg.RetryInterval {
 		t.Fatalf("hung peer convicted after %v, want about %v", took, cfg.HangAfter)
+	}
+}
+
+// An idle peer whose kernel acknowledges keepalives is not probed in user
+// space but every IdleProbe; one that hangs is caught at such a probe.
+func TestIdleHungPeerWaitsForIdleProbe(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	hang := t0.Add(time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) { return time.Millisecond, at.Before(hang) }
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		return KernelInfo{LastAckRecv: 300 * time.Millisecond, Unacked: 0}, true
+	}
+	v, at := s.run(t0.Add(2 * time.Minute))
+	if v == nil || v.Kind != Hung {
+		t.Fatalf("verdict %v", v)
+	}
+	if took := at.Sub(t0); took < cfg.IdleProbe || took > cfg.IdleProbe+cfg.HangAfter+cfg.Interval {
+		t.Fatalf("idle hung peer convicted after %v, want within IdleProbe %v + HangAfter %v", took, cfg.IdleProbe, cfg.HangAfter)
+	}
+	early := 0
+	for _, p := range s.probes {
+		if p.Before(t0.Add(cfg.IdleProbe)) {
+			early++
+		}
+	}
+	if early != 1 {
+		t.Fatalf("%d user-space probes before IdleProbe; want the learning probe only", early)
+	}
+}
+
+// keepAliveKernel imitates the kernel of an idle connection with TCP
+// keepalive: an acknowledgement every KeepAlive (plus the timer's slack)
+// until cut, then none; probes after the cut stay unacknowledged.
+func keepAliveKernel(cfg Config, cut time.Time, probes *[]time.Time) func(time.Time) (KernelInfo, bool) {
+	period := cfg.KeepAlive + 40*time.Millisecond
+	return func(now time.Time) (KernelInfo, bool) {
+		last := now
+		if now.After(cut) {
+			last = cut
+		}
+		lastAck := t0.Add(last.Sub(t0) / period * period)
+		ki := KernelInfo{LastAckRecv: now.Sub(lastAck)}
+		for _, p := range *probes {
+			if p.After(cut) {
+				ki.Unacked++
+			}
+		}
+		return ki, true
+	}
+}
+
+// The default costs an idle peer one kernel check a second instead of four
+// probes, and still notices it silenced within KeepAlive + MinTimeout + a
+// round of probes.
+func TestIdlePeerKeptAliveByKernel(t *testing.T) {
+	cfg := LAN()
+	for _, offset := range []time.Duration{0, 137 * time.Millisecond, 555 * time.Millisecond, 990 * time.Millisecond} {
+		s := newSim(cfg)
+		cut := t0.Add(20*time.Second + offset)
+		s.answer = func(at time.Time) (time.Duration, bool) { return 200 * time.Microsecond, at.Before(cut) }
+		s.kernel = keepAliveKernel(cfg, cut, &s.probes)
+		checks := 0
+		kernel := s.kernel
+		s.kernel = func(now time.Time) (KernelInfo, bool) { checks++; return kernel(now) }
+		v, at := s.run(t0.Add(time.Minute))
+		if v == nil || v.Kind != Silent {
+			t.Fatalf("cut at +%v: verdict %v", offset, v)
+		}
+		took := at.Sub(cut)
+		if bound := cfg.KeepAlive + cfg.MinTimeout + cfg.MinTimeout + 2*cfg.RetryInterval; took > bound {
+			t.Fatalf("cut at +%v: idle silent peer noticed after %v, bound %v", offset, took, bound)
+		}
+		// Before the cut: the learning probe only, and about one kernel
+		// check per second of idleness.
+		before := 0
+		for _, p := range s.probes {
+			if p.Before(cut) {
+				before++
+			}
+		}
+		if before != 1 {
+			t.Fatalf("cut at +%v: %d user-space probes in 20 s of idleness, want 1", offset, before)
+		}
+		if checks > 60 {
+			t.Fatalf("cut at +%v: %d kernel checks in 20 s of idleness", offset, checks)
+		}
+		t.Logf("cut at +%v: noticed after %v; %d kernel checks", offset, took, checks)
+	}
+}
+
+// With KeepAlive zero, idle peers are probed every Interval, as on
+// platforms without kernel evidence.
+func TestKeepAliveOffProbesEveryInterval(t *testing.T) {
+	cfg := LAN()
+	cfg.KeepAlive = 0
+	s := newSim(cfg)
+	s.answer = func(time.Time) (time.Duration, bool) { return 200 * time.Microsecond, true }
+	s.kernel = func(time.Time) (KernelInfo, bool) { return KernelInfo{LastAckRecv: time.Millisecond}, true }
+	s.run(t0.Add(10 * time.Second))
+	if n := len(s.probes); n < 38 || n > 42 {
+		t.Fatalf("%d probes in 10 s at a 250 ms interval with KeepAlive off", n)
+	}
+}
+
+// A peer with our calls outstanding is probed while quiet, whatever its
+// kernel says of keepalives.
+func TestBusyQuietPeerIsProbed(t *testing.T) {
+	s := newSim(LAN())
+	s.busy = true
+	s.answer = func(time.Time) (time.Duration, bool) { return 200 * time.Microsecond, true }
+	s.kernel = func(time.Time) (KernelInfo, bool) { return KernelInfo{LastAckRecv: time.Millisecond}, true }
+	s.run(t0.Add(10 * time.Second))
+	if n := len(s.probes); n < 38 {
+		t.Fatalf("%d probes in 10 s of a quiet peer with calls outstanding", n)
 	}
 }
 
@@ -232,13 +350,13 @@ func TestLateChecksReprobe(t *testing.T) {
 	s.now = t0.Add(3 * time.Second)
 	due := t0.Add(cfg.Interval)
 	s.kernel = func(time.Time) (KernelInfo, bool) { return KernelInfo{LastAckRecv: 3 * time.Second, Unacked: 1}, true }
-	st := s.d.check(&s.cfg, s.now, due, s.lastRecv, func() (KernelInfo, bool) { return s.kernel(s.now) })
+	st := s.d.check(&s.cfg, s.now, due, s.lastRecv, true, func() (KernelInfo, bool) { return s.kernel(s.now) })
 	if st.dead != nil || !st.probe {
 		t.Fatalf("first check after a pause: %+v", st)
 	}
 	// Probing had not started: this starts a round. Pause again mid-round.
 	s.now = st.next.Add(time.Second)
-	st = s.d.check(&s.cfg, s.now, st.next, s.lastRecv, func() (KernelInfo, bool) { return s.kernel(s.now) })
+	st = s.d.check(&s.cfg, s.now, st.next, s.lastRecv, true, func() (KernelInfo, bool) { return s.kernel(s.now) })
 	if st.dead != nil || !st.late || !st.probe {
 		t.Fatalf("late check mid-round: %+v", st)
 	}

@@ -53,3 +53,20 @@ func SetUserTimeout(c net.Conn, d time.Duration) error {
 	}
 	return setUserTimeout(tc, d)
 }
+
+// SetKeepAlive turns on the kernel's TCP keepalive on c with period d for
+// both the idle time and the interval between keepalives (see
+// Config.KeepAlive), leaving to TCP_USER_TIMEOUT (SetUserTimeout) and to the
+// Monitor when to give up. It does nothing if d is zero or c is not TCP.
+func SetKeepAlive(c net.Conn, d time.Duration) error {
+	tc := tcpConn(c)
+	if tc == nil || d <= 0 {
+		return nil
+	}
+	return tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: d, Interval: d, Count: keepAliveCount})
+}
+
+// keepAliveCount is how many unacknowledged keepalives the kernel sends
+// before it gives up on its own, where TCP_USER_TIMEOUT does not decide
+// first: a backstop, since the Monitor decides long before.
+const keepAliveCount = 9

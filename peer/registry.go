@@ -179,6 +179,7 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	r.mu.Unlock()
 
 	liveness.SetUserTimeout(c.NetConn(), r.cfg.Liveness.HangAfter)
+	liveness.SetKeepAlive(c.NetConn(), r.cfg.Liveness.KeepAlive)
 	r.goneWG.Add(1)
 	context.AfterFunc(c.Context(), func() { defer r.goneWG.Done(); r.gone(p) })
 	c.Resume() // registered: it may serve now (see rpc.Config.StartPaused)

@@ -11,7 +11,7 @@ import (
 )
 
 // BenchmarkEvict10000 measures the time from an eviction to the return of
-// the last of 10,000 outstanding calls (the floor: 50 ms).
+// the last of 10,000 outstanding calls (the promised floor: 50 ms).
 func BenchmarkEvict10000(b *testing.B) {
 	const n = 10_000
 	a := node(b)

@@ -30,7 +30,7 @@ import (
 	"github.com/tetherrpc/tether/rpc"
 )
 
-// The chaos soak of issue 7. Eight server nodes in this process, two more
+// The chaos soak. Eight server nodes in this process, two more
 // in child processes (so that they can be paused), and two client nodes
 // that keep every server connected (peer.Registry.Keep), all over real TCP
 // on the loopback of a private network namespace. While calls with

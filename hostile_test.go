@@ -31,7 +31,7 @@ import (
 	"github.com/tetherrpc/tether/rpc"
 )
 
-// Hostile peers (issue 7). Each test runs real nodes over TCP: a victim V,
+// Hostile peers. Each test runs real nodes over TCP: a victim V,
 // a well-behaved peer G connected to it, and a hostile peer H driven by
 // hand over a raw net.Conn, speaking the wire format of rpc/spec.md
 // (reimplemented below from the spec, with hashicorp/yamux for the session
@@ -355,7 +355,7 @@ func (r *hxRig) underLoad(t *testing.T, what string, attack func(stop <-chan str
 	return float64(quantile(load, .99)) / float64(quantile(base, .99))
 }
 
-// hxFloor is issue 7's floor: under a hostile peer, the p99 latency of
+// hxFloor is the promised floor: under a hostile peer, the p99 latency of
 // calls between two other peers rises at most this many times.
 const hxFloor = 2
 
@@ -931,7 +931,7 @@ func (r *hxRig) floodVerdicts(t *testing.T, limit int64, maxHolding int64, viola
 // error, and its other peer goes on. With the violation penalty (the
 // default) a host cut off for a violation is refused at accept for a
 // while, so the flood costs the victim one accept per attempt and G's p99
-// latency rises by at most 2x (issue 7's floor). Without it every
+// latency rises by at most 2x (the promised floor). Without it every
 // reconnection costs a handshake, a session and an eviction: that run
 // asserts the same correctness, and logs what the penalty saves.
 func TestHostileFloods(t *testing.T) {

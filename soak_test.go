@@ -23,7 +23,7 @@ import (
 	"github.com/tetherrpc/tether/rpc"
 )
 
-// The false-eviction soak of issue 3: under each adverse condition, a busy
+// The false-eviction soak: under each adverse condition, a busy
 // and idle-by-turns connection must never be evicted, and a real silent
 // partition must still be noticed within 2 s. TETHER_SOAK sets each
 // window (default 6s; the figures in BENCHMARKS.md are from 60s).

@@ -2,7 +2,6 @@ package tether
 
 import (
 	"context"
-	"errors"
 	"os"
 	"time"
 
@@ -48,9 +47,11 @@ type Actions struct {
 // Every action taken is logged at Warn and recorded as an incident.
 func WithActions(a Actions) Option { return func(o *options) { o.actions = a } }
 
-// ErrDraining is the cause in the *rpc.RemoteError (CodeUnavailable) that a
-// draining node answers new calls with.
-var ErrDraining = errors.New("node is draining")
+// ErrDraining is a draining node's refusal of a new call: the caller gets a
+// *rpc.RemoteError with CodeUnavailable and this message, which matches
+// both ErrDraining and rpc.ErrUnavailable with errors.Is. The call was not
+// run: it may go to another peer.
+var ErrDraining error = &rpc.RemoteError{Code: rpc.CodeUnavailable, Message: "node is draining"}
 
 func (a *Actions) defaults() {
 	if a.Sustain <= 0 {
@@ -156,7 +157,7 @@ func (n *Node) instrument(method string, h rpc.Handler) rpc.Handler {
 	maxCalls := n.opts.actions.MaxCalls
 	return rpc.Func(func(ctx context.Context, req []byte) ([]byte, error) {
 		if n.draining.Load() {
-			return nil, &rpc.RemoteError{Code: rpc.CodeUnavailable, Message: ErrDraining.Error()}
+			return nil, ErrDraining
 		}
 		var peerID string
 		if c := rpc.FromContext(ctx); c != nil {

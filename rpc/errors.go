@@ -58,6 +58,34 @@ var (
 	// ErrSelf means a connection reached this very node (an address of its
 	// own among its peers'): the handshake refuses it.
 	ErrSelf = errors.New("the peer is this node itself")
+
+	// ErrTLSMismatch means one side of a connection requires TLS and the
+	// other does not use it: the handshake fails, saying which side.
+	ErrTLSMismatch = errors.New("TLS on one side only")
+
+	// ErrApplication matches a *RemoteError with CodeApplication: the
+	// remote handler returned an ordinary error.
+	ErrApplication = errors.New("application error")
+
+	// ErrBadRequest matches a *RemoteError with CodeBadRequest: the peer
+	// could not decode the request. A handler may return an error wrapping
+	// it to answer with that code.
+	ErrBadRequest = errors.New("bad request")
+
+	// ErrInternal matches a *RemoteError with CodeInternal: the remote
+	// handler panicked (the peer logged the panic and its stack).
+	ErrInternal = errors.New("internal error: the handler panicked")
+
+	// ErrUnavailable matches a *RemoteError with CodeUnavailable: the peer
+	// takes no new calls (it is draining), so the call was not run and may
+	// go to another peer. A handler may return an error wrapping it to
+	// answer with that code.
+	ErrUnavailable = errors.New("unavailable")
+
+	// ErrUnknownCode matches a *RemoteError whose code this version does
+	// not know: CodeUnknown, or a code below CodeApp given no meaning here.
+	// Codes from CodeApp up belong to applications and match no sentinel.
+	ErrUnknownCode = errors.New("unknown error code")
 )
 
 // DeadError is the error of every call on a dead connection. It matches
@@ -128,6 +156,12 @@ func (c Code) String() string {
 // to run one. It never means the connection is in trouble, so it never evicts
 // a peer. A handler may return a *RemoteError to choose the code its caller
 // sees.
+//
+// errors.Is matches it against the sentinel of its code (see Is), and
+// against a *RemoteError used as a sentinel: one of the same code, and of
+// the same message unless the target's is empty. So a package may export
+// &RemoteError{Code: CodeUnavailable, Message: "node is draining"} as the
+// sentinel of one refusal (tether.ErrDraining is one).
 type RemoteError struct {
 	Code    Code
 	Method  string // filled in on the caller's side
@@ -147,10 +181,36 @@ func (e *RemoteError) Error() string {
 }
 
 // Is lets errors.Is match a RemoteError against the sentinel of its code:
-// ErrUnknownMethod, ErrTooManyCalls, ErrMessageTooLarge, ErrNotFound,
-// context.Canceled and context.DeadlineExceeded.
+//
+//	CodeUnknown (and codes below CodeApp this version does not know)  ErrUnknownCode
+//	CodeApplication        ErrApplication
+//	CodeUnknownMethod      ErrUnknownMethod
+//	CodeResourceExhausted  ErrTooManyCalls
+//	CodeMessageTooLarge    ErrMessageTooLarge
+//	CodeBadRequest         ErrBadRequest
+//	CodeInternal           ErrInternal
+//	CodeCanceled           context.Canceled
+//	CodeDeadlineExceeded   context.DeadlineExceeded
+//	CodeUnavailable        ErrUnavailable
+//	CodeNotFound           ErrNotFound
+//
+// and against a *RemoteError target of the same code (and message, if the
+// target has one).
 func (e *RemoteError) Is(target error) bool {
+	if t, ok := target.(*RemoteError); ok {
+		return t.Code == e.Code && (t.Message == "" || t.Message == e.Message)
+	}
 	switch target {
+	case ErrUnknownCode:
+		return e.Code == CodeUnknown || (int(e.Code) >= len(codeNames) && e.Code < CodeApp)
+	case ErrApplication:
+		return e.Code == CodeApplication
+	case ErrBadRequest:
+		return e.Code == CodeBadRequest
+	case ErrInternal:
+		return e.Code == CodeInternal
+	case ErrUnavailable:
+		return e.Code == CodeUnavailable
 	case ErrUnknownMethod:
 		return e.Code == CodeUnknownMethod
 	case ErrTooManyCalls:
@@ -179,6 +239,10 @@ func remoteErrorOf(err error) (Code, string) {
 		return CodeDeadlineExceeded, err.Error()
 	case errors.Is(err, ErrNotFound):
 		return CodeNotFound, err.Error()
+	case errors.Is(err, ErrUnavailable):
+		return CodeUnavailable, err.Error()
+	case errors.Is(err, ErrBadRequest):
+		return CodeBadRequest, err.Error()
 	}
 	return CodeApplication, err.Error()
 }

@@ -78,6 +78,8 @@ type Registry struct {
 
 	mu     sync.Mutex
 	peers  map[ID]*Peer
+	live   []*Peer       // the values of peers, for Sample
+	pos    map[*Peer]int // each one's index in live
 	kept   map[string]*keeper
 	closed bool
 	totals Stats // what dead references did, and event counts
@@ -88,6 +90,10 @@ type Registry struct {
 	retiring sync.WaitGroup
 
 	events eventQueue
+
+	// A burst of evictions (Warn), or of disconnections (Info), is logged
+	// in a few lines: see fold.
+	evicted, left *fold
 }
 
 // New makes a Registry.
@@ -111,8 +117,11 @@ func New(cfg Config) (*Registry, error) {
 		log:   cfg.Logger,
 		hedge: NewHedge(),
 		peers: make(map[ID]*Peer),
+		pos:   make(map[*Peer]int),
 		kept:  make(map[string]*keeper),
 	}
+	r.evicted = newFold(cfg.Logger, zap.WarnLevel, "peers evicted", realFoldClock{}, true)
+	r.left = newFold(cfg.Logger, zap.InfoLevel, "peers disconnected", realFoldClock{}, false)
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.events.start()
 	return r, nil
@@ -157,6 +166,7 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 		return old, nil // (a keeper dialing addr attaches itself to old)
 	}
 	r.peers[p.id] = p
+	r.index(p, old)
 	r.totals.Connects++
 	reconnect := false
 	if k := r.kept[addr]; k != nil && dialed {
@@ -333,8 +343,10 @@ func (r *Registry) gone(p *Peer) {
 		cause = de.Cause
 	}
 	r.mu.Lock()
+	size := len(r.peers)
 	if r.peers[p.id] == p {
 		delete(r.peers, p.id)
+		r.unindex(p)
 	}
 	k := p.kept
 	p.kept = nil
@@ -343,20 +355,50 @@ func (r *Registry) gone(p *Peer) {
 	r.totals.add(st)
 	r.mu.Unlock()
 
-	fields := []zap.Field{
-		zap.String("peer", string(p.id)), zap.String("addr", p.addr),
-		zap.String("cause", cause.Error()), zap.Int("calls_cancelled", st.FailedAtDeath),
-		zap.Duration("connected_for", time.Since(p.since).Round(time.Millisecond)),
-	}
+	// The first few of a burst get a line each; the rest are folded into
+	// a summary (see fold). Every one is told to subscribers below.
+	fl, level, msg := r.evicted, zap.WarnLevel, "peer evicted"
 	if quiet(cause) || closing {
-		r.log.Info("peer disconnected", fields...)
-	} else {
-		r.log.Warn("peer evicted", fields...)
+		fl, level, msg = r.left, zap.InfoLevel, "peer disconnected"
+	}
+	if fl.single(fl.clock.Now(), p.id, causeClass(cause), st.FailedAtDeath, size) {
+		r.log.Log(level, msg,
+			zap.String("peer", string(p.id)), zap.String("addr", p.addr),
+			zap.String("cause", cause.Error()), zap.Int("calls_cancelled", st.FailedAtDeath),
+			zap.Duration("connected_for", time.Since(p.since).Round(time.Millisecond)))
 	}
 	r.events.push(Event{Kind: Disconnected, ID: p.id, Peer: p, Cause: cause, Calls: st.FailedAtDeath, Time: time.Now()})
 	if k != nil && !closing {
 		k.retry(r)
 	}
+}
+
+// index puts p in live, in old's place if old was there.
+func (r *Registry) index(p, old *Peer) {
+	if i, ok := r.pos[old]; ok && old != nil {
+		delete(r.pos, old)
+		r.live[i] = p
+		r.pos[p] = i
+		return
+	}
+	r.pos[p] = len(r.live)
+	r.live = append(r.live, p)
+}
+
+// unindex takes p out of live, moving the last one into its place.
+func (r *Registry) unindex(p *Peer) {
+	i, ok := r.pos[p]
+	if !ok {
+		return
+	}
+	delete(r.pos, p)
+	last := len(r.live) - 1
+	if i != last {
+		r.live[i] = r.live[last]
+		r.pos[r.live[i]] = i
+	}
+	r.live[last] = nil
+	r.live = r.live[:last]
 }
 
 // Stats counts what a registry's peers did. Counters are cumulative over
@@ -447,6 +489,8 @@ func (r *Registry) Close() error {
 		k.wait()
 	}
 	r.goneWG.Wait() // every Disconnected is told before the events stop
+	r.evicted.close()
+	r.left.close()
 	r.mon.Close()
 	r.events.close()
 	return nil

@@ -13,9 +13,11 @@ const (
 	Connected EventKind = iota + 1
 	// Disconnected: the reference was evicted or its connection closed.
 	Disconnected
-	// Suspected: the peer is overdue; new work should go elsewhere.
+	// Suspected: the peer is suspect (it has not answered a probe within
+	// its adaptive timeout) but not yet dead; new work should go
+	// elsewhere. See Peer.Suspect.
 	Suspected
-	// Recovered: an overdue peer answered again.
+	// Recovered: a suspect peer answered again.
 	Recovered
 )
 
@@ -34,11 +36,18 @@ func (k EventKind) String() string {
 }
 
 // Event is one change in a peer's state, as told to subscribers.
+//
+// A Disconnected event's Cause is the reference's Err: the same
+// *rpc.DeadError that its failed calls return, so errors.Is(ev.Cause,
+// rpc.ErrDeadReference) holds, and errors.Is and errors.As reach the cause
+// of death through it (rpc.ErrPeerLeft for a goodbye, a *liveness.Verdict
+// for missed heartbeats, rpc.ErrProtocolViolation, ErrReplaced, or the
+// cause given to Evict).
 type Event struct {
 	Kind      EventKind
 	ID        ID
 	Peer      *Peer     // the reference concerned
-	Cause     error     // Disconnected: why
+	Cause     error     // Disconnected: why; the reference's Err, see below
 	Calls     int       // Disconnected: outstanding calls failed at once
 	Reconnect bool      // Connected: a kept address came back
 	Time      time.Time // when it happened

@@ -2,6 +2,7 @@ package peer_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -61,8 +62,8 @@ func ExampleRegistry_Subscribe() {
 	fmt.Println((<-events).Kind)
 	a.Peers().Evict(p.ID(), fmt.Errorf("operator's choice"))
 	ev := <-events
-	fmt.Println(ev.Kind, ev.Cause, ev.Calls)
+	fmt.Println(ev.Kind, errors.Is(ev.Cause, rpc.ErrDeadReference), errors.Unwrap(ev.Cause), ev.Calls)
 	// Output:
 	// connected
-	// disconnected operator's choice 0
+	// disconnected true operator's choice 0
 }

@@ -275,3 +275,24 @@ func TestHedgeLearnsP95(t *testing.T) {
 		t.Fatalf("delay %v, want the floor", d)
 	}
 }
+
+// A Disconnected event's Cause is the reference's Err: the *rpc.DeadError
+// its calls fail with, through which the cause of death is found.
+func TestEventCauseIsPeerErr(t *testing.T) {
+	r := registry(t, Config{})
+	rec := record(r)
+	ours, _ := conns(t, "b", rpc.NewMux())
+	p, err := r.Add(ours, "pipe", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t) // Connected
+	cause := errors.New("operator")
+	p.Evict(cause)
+	ev := rec.next(t)
+	var de *rpc.DeadError
+	if ev.Kind != Disconnected || ev.Cause != p.Err() || !errors.Is(ev.Cause, rpc.ErrDeadReference) ||
+		!errors.Is(ev.Cause, cause) || !errors.As(ev.Cause, &de) || de.Peer != "b" {
+		t.Fatalf("event cause %v (%T), peer's Err %v: want the same *rpc.DeadError", ev.Cause, ev.Cause, p.Err())
+	}
+}

@@ -367,7 +367,7 @@ func (r *Registry) gone(p *Peer) {
 			zap.String("cause", cause.Error()), zap.Int("calls_cancelled", st.FailedAtDeath),
 			zap.Duration("connected_for", time.Since(p.since).Round(time.Millisecond)))
 	}
-	r.events.push(Event{Kind: Disconnected, ID: p.id, Peer: p, Cause: cause, Calls: st.FailedAtDeath, Time: time.Now()})
+	r.events.push(Event{Kind: Disconnected, ID: p.id, Peer: p, Cause: p.Err(), Calls: st.FailedAtDeath, Time: time.Now()})
 	if k != nil && !closing {
 		k.retry(r)
 	}

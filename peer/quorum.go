@@ -15,14 +15,35 @@ type Result[T any] struct {
 	Took  time.Duration
 }
 
-// QuorumError says why FirstK could not get k answers.
+// Errors of FirstK's arguments.
+var (
+	// ErrQuorumSize means FirstK was asked for fewer than one answer.
+	ErrQuorumSize = errors.New("peer: a quorum needs k of at least 1")
+	// ErrTooFewPeers means FirstK was given fewer live peers than the k
+	// answers it was asked for, so it made no call. The error is a
+	// *QuorumError with Live < K.
+	ErrTooFewPeers = errors.New("peer: fewer live peers than the quorum")
+)
+
+// QuorumError says why FirstK could not get k answers: too few live peers
+// to ask (Live < K, no call made; it matches ErrTooFewPeers), or too many
+// calls failed (each error in Errors).
 type QuorumError struct {
 	K, OK  int     // wanted, got
+	Live   int     // the live peers among those given
 	Errors []error // one per failed call, each naming its peer
 }
 
 func (e *QuorumError) Error() string {
+	if e.Live < e.K && len(e.Errors) == 0 {
+		return fmt.Sprintf("peer: %d live peers for a quorum of %d: no call made", e.Live, e.K)
+	}
 	return fmt.Sprintf("peer: %d of %d answers; %d failed: %v", e.OK, e.K, len(e.Errors), errors.Join(e.Errors...))
+}
+
+// Is reports whether target is ErrTooFewPeers and there were too few.
+func (e *QuorumError) Is(target error) bool {
+	return target == ErrTooFewPeers && e.Live < e.K && len(e.Errors) == 0
 }
 
 // Unwrap returns the calls' errors, for errors.Is and errors.As.
@@ -39,13 +60,18 @@ func (e *QuorumError) Unwrap() []error { return e.Errors }
 //
 // fn gets a context that ends when FirstK no longer needs its answer; it
 // must not keep using what FirstK's caller owns after that.
+//
+// Errors: one matching ErrQuorumSize if k < 1; a *QuorumError matching
+// ErrTooFewPeers, before any call, if fewer than k of refs are live; a
+// *QuorumError with each call's error if too many calls failed; ctx's error
+// if it ended first.
 func FirstK[T any](ctx context.Context, refs []*Peer, k int, fn func(ctx context.Context, p *Peer) (T, error)) ([]Result[T], error) {
-	if k <= 0 {
-		return nil, nil
+	if k < 1 {
+		return nil, fmt.Errorf("%w: FirstK with k = %d", ErrQuorumSize, k)
 	}
 	cands := candidates(refs)
 	if len(cands) < k {
-		return nil, &QuorumError{K: k, Errors: []error{fmt.Errorf("peer: %d live peers for a quorum of %d", len(cands), k)}}
+		return nil, &QuorumError{K: k, Live: len(cands)}
 	}
 	hedge := hedgeOf(cands)
 	delay := hedge.Delay()
@@ -101,7 +127,7 @@ func FirstK[T any](ctx context.Context, refs []*Peer, k int, fn func(ctx context
 				launch()
 			}
 			if len(results)+running < k {
-				return results, &QuorumError{K: k, OK: len(results), Errors: errs}
+				return results, &QuorumError{K: k, OK: len(results), Live: len(cands), Errors: errs}
 			}
 		case <-timer.C:
 			// Every running call older than the delay gets one alternate.

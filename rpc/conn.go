@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +64,8 @@ type Conn struct {
 	wake     chan struct{} // 1-buffered: frames are queued
 	batch    []byte
 
-	wg sync.WaitGroup // reader, acceptor, writer
+	wg  sync.WaitGroup // reader, acceptor, writer
+	acc acceptor       // runs a goroutine in Accept only while streams come
 
 	stats connStats
 }
@@ -166,9 +166,11 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.ctx, c.kill = context.WithCancelCause(context.Background())
-	c.wg.Add(2)
+	c.wg.Add(1)
 	go c.readLoop()
-	go c.acceptLoop()
+	arrived := c.streamArrived
+	w.onSYN.Store(&arrived)
+	c.streamArrived() // for streams opened before onSYN was set
 	return c
 }
 
@@ -451,8 +453,14 @@ func (c *Conn) abort(cause error, reset bool) int {
 	}
 	close(c.done)
 	c.kill(c.dead)
+	c.stopAccepting()
 	if tc := tcpConn(c.wire.Conn); reset && tc != nil {
+		// The socket itself first: over TLS, closing the session would
+		// send a close_notify alert ahead of the reset, which the peer
+		// reads as an orderly end, and which waits behind unacknowledged
+		// bytes on a dead path.
 		tc.SetLinger(0)
+		tc.Close()
 	}
 	c.sess.Close()
 	return len(pending)
@@ -465,11 +473,17 @@ func (c *Conn) Close() error { return c.Leave(ErrClosed) }
 // Leave says goodbye to the peer (so it evicts this connection at once,
 // with ErrPeerLeft, rather than waiting for missed heartbeats), then aborts
 // the connection with cause and waits for its goroutines. The goodbye goes
-// after the answers already queued, and is followed by a half-close; Leave
-// waits (briefly) for the peer to close its side, so that nothing the peer
-// sent is left unread: an unread byte would make the kernel answer with a
-// reset, which could overtake the goodbye. Handlers still running are
-// cancelled but not waited for.
+// after the answers already queued. Handlers still running are cancelled
+// but not waited for.
+//
+// Once the goodbye is written, Leave waits (up to goAwayWait) for the peer
+// to hang up, reading and answering meanwhile, and only then closes the
+// transport. Closing it sooner, with bytes of the peer's unread, would make
+// the kernel answer them with a reset, and a peer whose write meets that
+// reset before its reader reaches the goodbye would take the close for a
+// crash. Nor does Leave half-close: after a half-close (or TLS's
+// close_notify) the next write (a window update, a probe's answer) fails,
+// and that tears the connection down, reset and all, just the same.
 func (c *Conn) Leave(cause error) error {
 	if cause == nil {
 		cause = ErrClosed
@@ -484,11 +498,10 @@ func (c *Conn) Leave(cause error) error {
 		t := time.NewTimer(goAwayWait)
 		select {
 		case <-sent:
-			if cw, ok := c.wire.Conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-				select {
-				case <-c.done: // the peer closed its side
-				case <-t.C:
-				}
+			select {
+			case <-c.done: // the peer read the goodbye and hung up
+			case <-c.sess.CloseChan(): // (the same, seen by yamux while paused)
+			case <-t.C:
 			}
 		case <-t.C:
 		case <-c.done:
@@ -509,7 +522,8 @@ func (c *Conn) Resume() {
 	c.resumeOnce.Do(func() { close(c.resumed) })
 }
 
-// goAwayWait bounds how long Close waits for its goodbye to be written.
+// goAwayWait bounds how long Leave waits for its goodbye to be written and
+// for the peer to hang up after reading it.
 const goAwayWait = 250 * time.Millisecond
 
 // enqueue hands a frame to the writer. It returns false when the connection
@@ -689,11 +703,12 @@ func (c *Conn) readLoop() {
 	case <-c.done:
 		return
 	}
-	r := bufio.NewReaderSize(c.ctrl, 4<<10) // small: an idle connection keeps it
+	r := &ctrlReader{src: c.ctrl}
+	defer r.release()
 	var hbuf [headerSize]byte
 	for {
 		c.waitForRoom()
-		h, p, err := readFrame(r, hbuf[:], c.cfg.MaxMessageSize)
+		h, p, err := r.readFrame(hbuf[:], c.cfg.MaxMessageSize)
 		if err == nil {
 			c.wire.lastRecv.Store(nanotime()) // a whole frame: evidence of life
 			err = c.handleFrame(h, p)

@@ -106,7 +106,43 @@ func (c *Conn) OpenStream(ctx context.Context, method string) (*Stream, error) {
 	return nil, c.deadErr()
 }
 
-// acceptLoop serves the streams the peer opens.
+// acceptor runs a goroutine in yamux's Accept only while the peer opens
+// streams: the transport's reader tells it of each SYN (wireConn.onSYN),
+// and the goroutine leaves after acceptIdle without one.
+type acceptor struct {
+	mu      sync.Mutex
+	running bool
+	closed  bool // the connection is dead: start no goroutine
+}
+
+// acceptIdle is how long the accepting goroutine waits for another stream
+// before it leaves.
+const acceptIdle = time.Second
+
+// streamArrived starts the accepting goroutine if the peer opened a stream
+// and none runs. It is called by yamux's reader, so it never blocks.
+func (c *Conn) streamArrived() {
+	a := &c.acc
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.running || a.closed || c.wire.syns.Load() == 0 {
+		return
+	}
+	a.running = true
+	c.wg.Add(1)
+	go c.acceptLoop()
+}
+
+// stopAccepting is called at death, before the connection waits for its
+// goroutines: no accepting goroutine starts after it.
+func (c *Conn) stopAccepting() {
+	c.acc.mu.Lock()
+	c.acc.closed = true
+	c.acc.mu.Unlock()
+}
+
+// acceptLoop serves the streams the peer opens, until none comes for
+// acceptIdle.
 func (c *Conn) acceptLoop() {
 	defer c.wg.Done()
 	select {
@@ -115,11 +151,24 @@ func (c *Conn) acceptLoop() {
 		return
 	}
 	for {
-		ys, err := c.sess.AcceptStream()
-		if err != nil {
+		seen := c.wire.syns.Load()
+		ctx, cancel := context.WithTimeout(c.ctx, acceptIdle)
+		ys, err := c.sess.AcceptStreamWithContext(ctx)
+		cancel()
+		if err == nil {
+			go c.serveStream(ys)
+			continue
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || c.ctx.Err() != nil {
 			return // the session is closed; the reader reports why
 		}
-		go c.serveStream(ys)
+		c.acc.mu.Lock()
+		if c.wire.syns.Load() == seen { // none opened meanwhile: leave
+			c.acc.running = false
+			c.acc.mu.Unlock()
+			return
+		}
+		c.acc.mu.Unlock()
 	}
 }
 

@@ -31,6 +31,12 @@ type wireConn struct {
 	recvd    atomic.Uint64
 
 	partial int // inbound bytes since the last evidence; yamux's reader only
+	in      frameScanner
+
+	// syns counts the streams the peer opened (yamux SYNs seen inbound, the
+	// control stream aside); onSYN, once set, is told of each batch of them.
+	syns  atomic.Uint64
+	onSYN atomic.Pointer[func()]
 
 	errMu sync.Mutex
 	err   error // first transport error
@@ -62,6 +68,12 @@ func (w *wireConn) Read(p []byte) (int, error) {
 			w.lastRecv.Store(nanotime())
 		}
 		w.recvd.Add(uint64(n))
+		if syns := w.in.scan(p[:n]); syns > 0 {
+			w.syns.Add(uint64(syns))
+			if f := w.onSYN.Load(); f != nil {
+				(*f)()
+			}
+		}
 	}
 	if err != nil {
 		w.noteErr(err)
@@ -124,4 +136,52 @@ func (w *wireConn) transportErr() error {
 	w.errMu.Lock()
 	defer w.errMu.Unlock()
 	return w.err
+}
+
+// frameScanner follows yamux's frame boundaries in the bytes read from the
+// transport, to see the peer open a stream (a SYN) before yamux queues it
+// for Accept. That lets a connection run no goroutine in Accept while no
+// stream is opened, which is nearly always: an idle connection costs the
+// goroutines yamux needs and one reader, no more. Garbage makes it count
+// nonsense only until yamux, reading the same bytes, kills the session.
+type frameScanner struct {
+	hdr  [yamuxHeaderSize]byte
+	n    int    // header bytes held
+	skip uint32 // data frame body bytes still to pass over
+}
+
+// yamux's frame types and flags (its spec.md).
+const (
+	yamuxTypeData   = 0
+	yamuxTypeWindow = 1
+	yamuxFlagSYN    = 1
+	yamuxCtrlStream = 1 // the client's first stream: ours, accepted at the handshake
+)
+
+// scan passes over p and returns how many streams it opens.
+func (f *frameScanner) scan(p []byte) (syns int) {
+	for len(p) > 0 {
+		if f.skip > 0 {
+			k := uint32(min(len(p), int(min(f.skip, 1<<30))))
+			f.skip -= k
+			p = p[k:]
+			continue
+		}
+		k := copy(f.hdr[f.n:], p)
+		f.n += k
+		p = p[k:]
+		if f.n < yamuxHeaderSize {
+			return syns
+		}
+		f.n = 0
+		typ, flags := f.hdr[1], binary.BigEndian.Uint16(f.hdr[2:4])
+		id, length := binary.BigEndian.Uint32(f.hdr[4:8]), binary.BigEndian.Uint32(f.hdr[8:12])
+		if typ == yamuxTypeData {
+			f.skip = length
+		}
+		if (typ == yamuxTypeData || typ == yamuxTypeWindow) && flags&yamuxFlagSYN != 0 && id != yamuxCtrlStream {
+			syns++
+		}
+	}
+	return syns
 }

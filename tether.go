@@ -58,6 +58,7 @@ type Node struct {
 
 	draining   atomic.Bool
 	restarting atomic.Bool
+	aborting   atomic.Bool // Abort: connections are reset, never said goodbye to
 	served     atomic.Uint64
 	ageTimer   *time.Timer
 
@@ -284,7 +285,13 @@ func (n *Node) dialConn(ctx context.Context, addr string) (*rpc.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rpc.Client(ctx, nc, &cfg)
+	c, err := rpc.Client(ctx, nc, &cfg)
+	if err == nil && n.aborting.Load() {
+		c.Abort(ErrAborted)
+		c.Close()
+		return nil, ErrAborted
+	}
+	return c, err
 }
 
 func (n *Node) acceptLoop() {
@@ -383,18 +390,50 @@ func (n *Node) serveConn(nc net.Conn) {
 // node at once), cancels the handlers still running, and waits for the
 // node's goroutines. It leaks none.
 func (n *Node) Close() error {
-	n.closeOnce.Do(func() {
-		n.cancel()
-		n.ln.Close()
-		n.wg.Wait() // handshakes in progress end with n.ctx
-		n.reg.Close()
-		if n.ageTimer != nil {
-			n.ageTimer.Stop()
-		}
-		n.wd.Close()
-		n.stopLogging()
-	})
+	n.closeOnce.Do(func() { n.shutdown(false) })
 	return nil
+}
+
+// ErrAborted is the cause of death of a node's connections when the node
+// is aborted (Node.Abort). It matches rpc.ErrClosed: this side ended them.
+var ErrAborted = fmt.Errorf("node aborted: %w", rpc.ErrClosed)
+
+// Abort closes the listener and resets every connection with no goodbye,
+// as a crash would: peers see a reset (a TCP RST, over TLS too), not "peer
+// left", and evict the node as they would a crashed one. On this side the
+// calls outstanding fail with a *rpc.DeadError wrapping ErrAborted, and
+// the handlers running have their contexts cancelled. Unlike a crash,
+// Abort then stops the node's goroutines and flushes its log, as Close
+// does: it leaks nothing. Use it to imitate a crash in process. Abort
+// after Close, or Close after Abort, does nothing.
+func (n *Node) Abort() {
+	n.closeOnce.Do(func() { n.shutdown(true) })
+}
+
+// shutdown stops the node: with a goodbye to every peer, or (abort) with a
+// reset of every connection.
+func (n *Node) shutdown(abort bool) {
+	if abort {
+		n.aborting.Store(true) // dials that finish from now on are reset
+	}
+	n.cancel()
+	n.ln.Close()
+	n.wg.Wait() // handshakes in progress end with n.ctx
+	if abort {
+		peers := n.reg.List()
+		for _, p := range peers {
+			p.Conn().Abort(ErrAborted)
+		}
+		for _, p := range peers {
+			p.Conn().Close() // dead already: waits for its goroutines
+		}
+	}
+	n.reg.Close()
+	if n.ageTimer != nil {
+		n.ageTimer.Stop()
+	}
+	n.wd.Close()
+	n.stopLogging()
 }
 
 func (n *Node) String() string { return fmt.Sprintf("tether.Node(%s at %s)", n.ID(), n.Addr()) }

@@ -1,0 +1,173 @@
+// Command manypeers shows what N idle peers cost a tether node, and how
+// fast it notices silent ones among them, side by side with plain yamux and
+// grpc-go at the same N, in one run:
+//
+//	cd bench && go run ./cmd/manypeers -peers 10000
+//
+// For each system in turn it starts a server in this process and N idle
+// peers in a second process (this program re-executed), all dialled at
+// once over loopback, then prints a table: the time to connect them all,
+// the server's CPU while idle (a share of one core), heap and goroutine
+// stacks per peer, goroutines per peer, peers lost while idle, the
+// detection time of one peer silenced by an iptables DROP of its port (no
+// RST), and a mass failure: a fraction of the peers (-silence-frac)
+// silenced at once, when the last was noticed, whether any other peer was
+// lost, and how many lines were logged at Warn or above and incident files
+// written meanwhile.
+//
+// As root with unshare and iptables it re-runs itself in a private network
+// namespace (unshare -n), so the rules touch nothing else; elsewhere it
+// says why it cannot silence and measures the rest on loopback. -json
+// prints the results as JSON. Every system runs with its default
+// configuration; tether's node also gets a logger that counts its lines
+// and an incident directory, so that both can be counted.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/tetherrpc/tether/internal/scale"
+	"github.com/tetherrpc/tether/partition"
+)
+
+// systems are the systems this program can measure, by name.
+var systems = []scale.System{scale.Tether(), scale.Yamux(), grpcSystem{}}
+
+func main() {
+	scale.Child(systems...) // the peers process does its part and exits here
+
+	peers := flag.Int("peers", 2000, "idle peers per system")
+	names := flag.String("systems", "tether,yamux,grpc", "systems to measure, in order, comma-separated: tether, yamux, grpc")
+	idle := flag.Duration("idle", 10*time.Second, "idle window over which CPU is measured")
+	frac := flag.Float64("silence-frac", 0.2, "fraction of the peers silenced at once in the mass failure (negative: none)")
+	detect := flag.Duration("detect-timeout", 45*time.Second, "how long to wait for silenced peers to be noticed")
+	conc := flag.Int("dial-concurrency", 0, "dials in progress at most in the peers process (0: all at once)")
+	jsonOut := flag.Bool("json", false, "print the results as JSON")
+	quiet := flag.Bool("q", false, "do not log the steps on standard error")
+	noNS := flag.Bool("no-namespace", false, "do not re-run in a private network namespace (then nothing is silenced)")
+	flag.Parse()
+
+	var chosen []scale.System
+	for _, name := range strings.Split(*names, ",") {
+		s := find(strings.TrimSpace(name))
+		if s == nil {
+			fmt.Fprintf(os.Stderr, "manypeers: unknown system %q (tether, yamux, grpc)\n", name)
+			os.Exit(2)
+		}
+		chosen = append(chosen, s)
+	}
+	if *peers < 1 {
+		fmt.Fprintln(os.Stderr, "manypeers: -peers must be at least 1")
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	silence := false
+	why := ""
+	switch {
+	case *noNS:
+		why = "-no-namespace: nothing silenced"
+	default:
+		inside, err := partition.Reexec(ctx)
+		if !inside {
+			if err == nil {
+				return // the copy in its own namespace has done the work
+			}
+			if !isNoSupport(err) {
+				fmt.Fprintln(os.Stderr, "manypeers:", err)
+				os.Exit(1)
+			}
+			why = err.Error()
+		} else {
+			silence = true
+		}
+	}
+	if silence {
+		if err := scale.TuneNamespace(); err != nil {
+			fmt.Fprintln(os.Stderr, "manypeers: tuning the namespace:", err)
+		}
+		if err := scale.CanSilence(); err != nil {
+			silence, why = false, err.Error()
+		}
+	}
+	if why != "" {
+		fmt.Fprintf(os.Stderr, "manypeers: cannot silence peers (%s); measuring connect, CPU and memory on loopback only\n", why)
+	}
+
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().UTC().Format("15:04:05.000")}, args...)...)
+	}
+	if *quiet {
+		logf = nil
+	}
+	var results []*scale.Result
+	failed := false
+	for _, s := range chosen {
+		r, err := scale.Run(ctx, s, scale.Config{
+			Peers:           *peers,
+			DialConcurrency: *conc,
+			Idle:            *idle,
+			Silence:         silence,
+			SilenceFrac:     *frac,
+			DetectTimeout:   *detect,
+			Logf:            logf,
+		})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "manypeers: %s: %v\n", s.Name(), err)
+			failed = true
+		}
+		if r != nil {
+			if r.NoSilence == "" && !silence {
+				r.NoSilence = why
+			}
+			results = append(results, r)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		runtime.GC() // the next system starts from a clean heap
+	}
+
+	if *jsonOut {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(struct {
+			Peers   int             `json:"peers"`
+			Go      string          `json:"go"`
+			CPUs    int             `json:"cpus"`
+			Results []*scale.Result `json:"results"`
+		}{*peers, runtime.Version(), runtime.NumCPU(), results})
+	} else {
+		fmt.Printf("%d idle peers per system, loopback, %d CPUs, %s\n\n", *peers, runtime.NumCPU(), runtime.Version())
+		scale.WriteTable(os.Stdout, results)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func find(name string) scale.System {
+	for _, s := range systems {
+		if s.Name() == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// isNoSupport reports whether err says only that this machine cannot make
+// a private namespace or iptables rules.
+func isNoSupport(err error) bool {
+	return err != nil && (errors.Is(err, partition.ErrNoKernelSupport) || errors.Is(err, partition.ErrNotIsolated))
+}

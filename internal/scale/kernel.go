@@ -1,0 +1,161 @@
+package scale
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tetherrpc/tether/partition"
+)
+
+// portsPerRule is how many ports one iptables multiport rule names (the
+// match's limit is 15).
+const portsPerRule = 15
+
+// CanSilence returns nil when Silence can work here: this process is in a
+// private network namespace (partition.CheckNamespace) and partition's
+// kernel support is present (root, iptables). Otherwise it says why.
+func CanSilence() error {
+	if err := partition.CheckNamespace(); err != nil {
+		return err
+	}
+	if err := partition.KernelSupport(); err != nil {
+		return err
+	}
+	if _, err := tool("iptables-restore"); err != nil {
+		return fmt.Errorf("%w: %v", partition.ErrNoKernelSupport, err)
+	}
+	return nil
+}
+
+// Silence drops every packet to or from each of these TCP ports as it
+// arrives, with one iptables-restore, so that all of them go silent at the
+// same instant: a silent partition of those connections (no RST, no ICMP).
+// It returns the instant the rules were in place. It refuses to run
+// outside a private network namespace. Heal removes every such rule.
+func Silence(ports []int) (time.Time, error) {
+	if err := partition.CheckNamespace(); err != nil {
+		return time.Time{}, err
+	}
+	if len(ports) == 0 {
+		return time.Now(), nil
+	}
+	var b bytes.Buffer
+	b.WriteString("*filter\n")
+	for i := 0; i < len(ports); i += portsPerRule {
+		group := ports[i:min(i+portsPerRule, len(ports))]
+		s := make([]string, len(group))
+		for j, p := range group {
+			if p < 1 || p > 65535 {
+				return time.Time{}, fmt.Errorf("scale: port %d out of range", p)
+			}
+			s[j] = strconv.Itoa(p)
+		}
+		fmt.Fprintf(&b, "-I INPUT -p tcp -m multiport --ports %s -j DROP\n", strings.Join(s, ","))
+	}
+	b.WriteString("COMMIT\n")
+	path, err := tool("iptables-restore")
+	if err != nil {
+		return time.Time{}, err
+	}
+	cmd := exec.Command(path, "--noflush", "-w")
+	cmd.Stdin = &b
+	out, err := cmd.CombinedOutput()
+	at := time.Now()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("scale: iptables-restore: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return at, nil
+}
+
+// Heal removes every rule of the INPUT chain, in a private network
+// namespace only (elsewhere it does nothing).
+func Heal() error {
+	if partition.CheckNamespace() != nil {
+		return nil
+	}
+	path, err := tool("iptables")
+	if err != nil {
+		return err
+	}
+	if out, err := exec.Command(path, "-w", "-F", "INPUT").CombinedOutput(); err != nil {
+		return fmt.Errorf("scale: iptables -F INPUT: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// TuneNamespace sets the network sysctls that thousands of connections
+// dialled at once need: the listen backlog (net.core.somaxconn and
+// net.ipv4.tcp_max_syn_backlog) and the range of ephemeral ports. It works
+// only in a private network namespace, whose sysctls these are, and must
+// run before this process first listens (Go reads somaxconn once).
+// It reports what it could not set.
+func TuneNamespace() error {
+	if err := partition.CheckNamespace(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range []struct{ path, value string }{
+		{"/proc/sys/net/core/somaxconn", "65535"},
+		{"/proc/sys/net/ipv4/tcp_max_syn_backlog", "65535"},
+		{"/proc/sys/net/ipv4/ip_local_port_range", "10000 65000"},
+	} {
+		if err := os.WriteFile(s.path, []byte(s.value), 0); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RaiseFileLimit raises this process's limit on open files to at least n,
+// raising the hard limit too where it may (as root).
+func RaiseFileLimit(n int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	want := uint64(n)
+	if lim.Cur >= want {
+		return nil
+	}
+	if lim.Max < want {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err == nil {
+			return nil
+		}
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return err
+		}
+		return fmt.Errorf("scale: open files limited to %d, %d wanted", lim.Max, n)
+	}
+	lim.Cur = want
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
+
+// cpuTime is the CPU time this process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// tool finds a program on PATH or in the sbin directories.
+func tool(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if fi, err := os.Stat(dir + "/" + name); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return dir + "/" + name, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found on PATH or in /usr/sbin, /sbin", name)
+}

@@ -1,0 +1,265 @@
+package scale
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Environment variables by which Run tells the re-executed binary that it
+// is the peers process, and what to do.
+const (
+	envSystem = "TETHER_SCALE_PEERS_SYSTEM" // the System's name
+	envAddr   = "TETHER_SCALE_PEERS_ADDR"   // the server's address
+	envCount  = "TETHER_SCALE_PEERS_COUNT"  // how many connections
+	envConc   = "TETHER_SCALE_PEERS_CONC"   // dials in progress at most; 0: all at once
+)
+
+// Bounds of the peers process's dialling.
+const (
+	dialAttempts    = 8                // per connection
+	dialTimeout     = 30 * time.Second // per attempt, handshakes included
+	dialBackoffBase = 50 * time.Millisecond
+	dialBackoffMax  = 2 * time.Second
+	closeTimeout    = 10 * time.Second // for closing every connection at the end
+)
+
+// Child is the peers process's side of Run. Call it first thing in main,
+// or in TestMain before m.Run, with every System the binary may measure:
+//
+//	func TestMain(m *testing.M) {
+//		scale.Child(scale.Tether())
+//		goleak.VerifyTestMain(m)
+//	}
+//
+// In the process Run started, Child opens the connections, reports on
+// standard output, keeps them idle until standard input closes, closes
+// them and exits; it never returns. In any other process it returns at
+// once.
+func Child(systems ...System) {
+	name, ok := os.LookupEnv(envSystem)
+	if !ok {
+		return
+	}
+	var sys System
+	for _, s := range systems {
+		if s.Name() == name {
+			sys = s
+		}
+	}
+	if sys == nil {
+		fmt.Fprintf(os.Stderr, "scale peers: unknown system %q\n", name)
+		os.Exit(2)
+	}
+	n, err1 := strconv.Atoi(os.Getenv(envCount))
+	conc, err2 := strconv.Atoi(os.Getenv(envConc))
+	if err1 != nil || err2 != nil || n < 0 || conc < 0 {
+		fmt.Fprintf(os.Stderr, "scale peers: bad count %q or concurrency %q\n", os.Getenv(envCount), os.Getenv(envConc))
+		os.Exit(2)
+	}
+	os.Exit(runPeers(sys, os.Getenv(envAddr), n, conc, os.Stdin, os.Stdout))
+}
+
+// runPeers opens n connections to addr, reports "DIALED ok retries failed"
+// on out, waits for in to end, and closes them. It returns the exit code.
+func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer) int {
+	if err := RaiseFileLimit(n + 1024); err != nil {
+		fmt.Fprintln(os.Stderr, "scale peers:", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // stdin closing early means the node gave up: stop dialling
+		io.Copy(io.Discard, in)
+		cancel()
+	}()
+	conns := make([]io.Closer, n)
+	var retries, failed atomic.Int64
+	var firstErr atomic.Value
+	var sem chan struct{}
+	if conc > 0 {
+		sem = make(chan struct{}, conc)
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		if sem != nil {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+			}
+		}
+		wg.Go(func() {
+			if sem != nil {
+				defer func() { <-sem }()
+			}
+			for a := range dialAttempts {
+				if ctx.Err() != nil {
+					break
+				}
+				if a > 0 {
+					retries.Add(1)
+					d := min(dialBackoffBase<<a, dialBackoffMax)
+					time.Sleep(d/2 + rand.N(d/2))
+				}
+				dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
+				c, err := sys.Dial(dctx, addr)
+				dcancel()
+				if err == nil {
+					conns[i] = c
+					return
+				}
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+			failed.Add(1)
+		})
+	}
+	wg.Wait()
+	if e, ok := firstErr.Load().(string); ok {
+		fmt.Fprintf(os.Stderr, "scale peers: first dial error: %s\n", e)
+	}
+	fmt.Fprintf(out, "DIALED %d %d %d\n", int64(n)-failed.Load(), retries.Load(), failed.Load())
+	<-ctx.Done() // standard input ended: the node is done
+
+	closed := make(chan struct{})
+	go func() {
+		var cw sync.WaitGroup
+		sem := make(chan struct{}, 256)
+		for _, c := range conns {
+			if c != nil {
+				sem <- struct{}{}
+				cw.Go(func() { defer func() { <-sem }(); c.Close() })
+			}
+		}
+		cw.Wait()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(closeTimeout):
+		fmt.Fprintln(os.Stderr, "scale peers: connections not all closed within", closeTimeout)
+	}
+	return 0
+}
+
+// peersProc is the peers process, seen from the node.
+type peersProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{} // closed when the process has ended
+	lines chan string   // its standard output
+	werr  error         // its exit status, once done
+
+	mu      sync.Mutex
+	dialed  *dialStats
+	stopped bool
+}
+
+type dialStats struct{ ok, retries, failed int }
+
+// startPeers starts the peers process for system sys: n connections to addr.
+func startPeers(ctx context.Context, sys, addr string, n, conc int) (*peersProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("scale: cannot find this binary to re-execute: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(),
+		envSystem+"="+sys, envAddr+"="+addr, envCount+"="+strconv.Itoa(n), envConc+"="+strconv.Itoa(conc))
+	cmd.Stderr = os.Stderr
+	cmd.WaitDelay = closeTimeout
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("scale: starting the peers process: %w", err)
+	}
+	p := &peersProc{cmd: cmd, stdin: stdin, done: make(chan struct{}), lines: make(chan string, 16)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case p.lines <- sc.Text():
+			default: // nobody reads more than the first lines
+			}
+		}
+		close(p.lines)
+		p.werr = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited reports whether the peers process has ended.
+func (p *peersProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// dialStats waits up to d for the peers process's report of its dials.
+func (p *peersProc) dialStats(d time.Duration) (dialStats, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dialed != nil {
+		return *p.dialed, true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				return dialStats{}, false
+			}
+			var st dialStats
+			if _, err := fmt.Sscanf(line, "DIALED %d %d %d", &st.ok, &st.retries, &st.failed); err == nil {
+				p.dialed = &st
+				return st, true
+			}
+		case <-t.C:
+			return dialStats{}, false
+		}
+	}
+}
+
+// err returns an error if the peers process has ended before being told.
+func (p *peersProc) err() error {
+	if p.exited() {
+		return fmt.Errorf("%w: %v", errNoPeers, p.werr)
+	}
+	return nil
+}
+
+// stop tells the peers process to close its connections and end, and
+// waits for it (killing it if it takes longer than its bound).
+func (p *peersProc) stop() {
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		return
+	}
+	p.stopped = true
+	p.mu.Unlock()
+	p.stdin.Close()
+	select {
+	case <-p.done:
+	case <-time.After(closeTimeout + 5*time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}

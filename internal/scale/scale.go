@@ -87,6 +87,8 @@ type Config struct {
 	// ConnectTimeout bounds the wait for all peers to be registered
 	// (default 10 s plus 10 ms a peer).
 	ConnectTimeout time.Duration
+	// ConnectOnly stops Run once all peers are registered.
+	ConnectOnly bool
 	// Settle is a pause after the last peer connected, before the idle
 	// window (default 1 s).
 	Settle time.Duration
@@ -226,6 +228,9 @@ func Run(ctx context.Context, sys System, cfg Config) (*Result, error) {
 			sys.Name(), res.Connected, cfg.Peers, res.ConnectSec, res.DialRetries, res.DialFailed)
 	}
 	cfg.Logf("%s: %d peers registered in %.2f s", sys.Name(), res.Connected, res.ConnectSec)
+	if cfg.ConnectOnly {
+		return res, peers.err()
+	}
 	ports := srv.Ports()
 
 	// Idle: CPU, then memory and goroutines, and false evictions.

@@ -25,6 +25,13 @@ const (
 // answer is worked out once per process.
 func KernelSupport() error { return kernelSupport() }
 
+// ShapingSupport is KernelSupport for LimitRate: it also needs the tc
+// program and a kernel that accepts a token bucket filter, which it tries
+// on the loopback of a throwaway network namespace. The error, matching
+// ErrNoKernelSupport, says what is missing. The answer is worked out once
+// per process.
+func ShapingSupport() error { return shapingSupport() }
+
 // CheckNamespace returns nil when this process runs in a private network
 // namespace, one that is not the host's, and otherwise an error matching
 // ErrNotIsolated. The host's namespace is that of process 1 or, when that
@@ -96,6 +103,12 @@ func Loss(port int, probability float64) (heal func() error, err error) {
 // which queues up to 400 ms of data. The returned heal deletes the queueing
 // discipline. Like DropPort, it runs only in a private network namespace.
 func LimitRate(dev, rate string) (heal func() error, err error) { return limitRate(dev, rate) }
+
+// SetMTU sets the MTU of network device dev (usually "lo", whose 64 KiB
+// MTU makes a rate-limited link carry huge packets) and returns a restore
+// that sets the old MTU back. Like DropPort, it runs only in a private
+// network namespace.
+func SetMTU(dev string, mtu int) (restore func() error, err error) { return setMTU(dev, mtu) }
 
 func checkPort(port int) error {
 	if port < 1 || port > 65535 {

@@ -57,6 +57,25 @@ var kernelSupport = sync.OnceValue(func() error {
 	return nil
 })
 
+var shapingSupport = sync.OnceValue(func() error {
+	if err := kernelSupport(); err != nil {
+		return err
+	}
+	unshare, err := findTool("unshare")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNoKernelSupport, err)
+	}
+	tc, err := findTool("tc")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNoKernelSupport, err)
+	}
+	// As the trial rule: in a namespace that dies with the command.
+	if err := run(unshare, "-n", "--", tc, "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "1mbit", "burst", "131072", "latency", "400ms"); err != nil {
+		return fmt.Errorf("%w: trial token bucket filter in a throwaway network namespace failed: %v", ErrNoKernelSupport, err)
+	}
+	return nil
+})
+
 // effectiveCaps returns this process's effective capability set.
 func effectiveCaps() (uint64, error) {
 	status, err := os.ReadFile("/proc/self/status")
@@ -187,6 +206,39 @@ func deviceMTU(dev string) (int, error) {
 		return 0, fmt.Errorf("partition: MTU of %q: %w", dev, err)
 	}
 	return int(ifr.Uint32()), nil
+}
+
+func setMTU(dev string, mtu int) (restore func() error, err error) {
+	if err := checkNamespace(); err != nil {
+		return nil, err
+	}
+	old, err := deviceMTU(dev)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeMTU(dev, mtu); err != nil {
+		return nil, err
+	}
+	return sync.OnceValue(func() error { return writeMTU(dev, old) }), nil
+}
+
+// writeMTU sets the MTU of a network device in this namespace, as "ip link
+// set dev mtu" does.
+func writeMTU(dev string, mtu int) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("partition: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(dev)
+	if err != nil {
+		return fmt.Errorf("partition: device %q: %w", dev, err)
+	}
+	ifr.SetUint32(uint32(mtu))
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("partition: setting the MTU of %q to %d: %w", dev, mtu, err)
+	}
+	return nil
 }
 
 // loopbackUp brings this namespace's lo up, as "ip link set lo up" does: a

@@ -11,15 +11,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/partition"
 )
 
 // hostRules returns iptables -S, or "" when iptables cannot be run here (a
 // test that needs it then skips in Isolated). Only a parent's answer is
 // compared; in an isolated copy it lists the copy's own namespace.
+// iptables is looked for where partition looks for it, PATH or not.
 func hostRules(t *testing.T) string {
 	t.Helper()
-	out, err := exec.Command("iptables", "-S").CombinedOutput()
+	iptables, err := ttest.Tool("iptables")
+	if err != nil {
+		return ""
+	}
+	out, err := exec.Command(iptables, "-S").CombinedOutput()
 	if err != nil {
 		t.Logf("iptables -S: %v", err)
 		return ""
@@ -31,21 +37,8 @@ func hostRules(t *testing.T) string {
 // server's port.
 func tcpPair(t *testing.T) (client, server net.Conn, port int) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	client, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server, portOf(t, ln.Addr())
+	c, s := ttest.TCPPair(t)
+	return c, s, ttest.Port(t, s.LocalAddr())
 }
 
 func TestDropPortIsSilent(t *testing.T) {
@@ -173,6 +166,7 @@ func TestLossKeepsConnectionsAlive(t *testing.T) {
 
 func TestLimitRate(t *testing.T) {
 	t.Parallel()
+	ttest.NeedShaping(t)
 	if !partition.Isolated(t) {
 		return
 	}
@@ -194,11 +188,53 @@ func TestLimitRate(t *testing.T) {
 	if err := heal(); err != nil {
 		t.Fatal(err)
 	}
-	if free := transfer(); free > 400*time.Millisecond {
+	if free := transfer(); free > ttest.Scaled(400*time.Millisecond) {
 		t.Errorf("1 MiB after heal took %v", free)
 	}
 	if _, err := partition.LimitRate("nosuchdevice", "1mbit"); err == nil {
 		t.Error("LimitRate on a missing device succeeded")
+	}
+}
+
+func TestSetMTU(t *testing.T) {
+	t.Parallel()
+	if !partition.Isolated(t) {
+		return
+	}
+	mtu := func() int {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lo.MTU
+	}
+	before := mtu()
+	restore, err := partition.SetMTU("lo", 1500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mtu(); got != 1500 {
+		t.Errorf("lo's MTU after SetMTU(1500) = %d", got)
+	}
+	if err := restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := mtu(); got != before {
+		t.Errorf("lo's MTU after restore = %d, want %d", got, before)
+	}
+	if _, err := partition.SetMTU("nosuchdevice", 1500); err == nil {
+		t.Error("SetMTU on a missing device succeeded")
+	}
+}
+
+func TestShapingSupport(t *testing.T) {
+	err := partition.ShapingSupport()
+	t.Logf("ShapingSupport() = %v", err)
+	if err != nil && !errors.Is(err, partition.ErrNoKernelSupport) {
+		t.Fatalf("ShapingSupport() = %v; want nil or ErrNoKernelSupport", err)
+	}
+	if err == nil && partition.KernelSupport() != nil {
+		t.Fatal("ShapingSupport() = nil without KernelSupport")
 	}
 }
 
@@ -212,6 +248,7 @@ func TestRulesRefusedOutsideNamespace(t *testing.T) {
 		"DropPortOneWay": func() (func() error, error) { return partition.DropPortOneWay(9, partition.FromPort) },
 		"Loss":           func() (func() error, error) { return partition.Loss(9, 0.5) },
 		"LimitRate":      func() (func() error, error) { return partition.LimitRate("lo", "1mbit") },
+		"SetMTU":         func() (func() error, error) { return partition.SetMTU("lo", 1500) },
 	}
 	for name, try := range attempts {
 		heal, err := try()
@@ -270,18 +307,10 @@ const helperEnv = "PARTITION_TEST_HELPER"
 // go tool would run it, and returns its output.
 func runHelper(t *testing.T, test, mode string) (string, error) {
 	t.Helper()
-	if err := partition.KernelSupport(); err != nil {
-		t.Skip(err)
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^"+test+"$", "-test.v", "-test.timeout=30s")
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode, "GORACE=atexit_sleep_ms=0")
-	out, err := cmd.CombinedOutput()
+	ttest.NeedKernelPartitions(t)
+	out, err := ttest.RunTest(t, test, helperEnv+"="+mode)
 	t.Logf("helper %s (%s):\n%s", test, mode, out)
-	return string(out), err
+	return out, err
 }
 
 // TestIsolatedHelper is run by the tests below, in a process of its own,

@@ -11,6 +11,8 @@ func kernelSupport() error {
 	return fmt.Errorf("%w: needs Linux network namespaces and iptables, not %s", ErrNoKernelSupport, runtime.GOOS)
 }
 
+func shapingSupport() error { return kernelSupport() }
+
 func checkNamespace() error {
 	return fmt.Errorf("%w: network namespaces need Linux, not %s", ErrNotIsolated, runtime.GOOS)
 }
@@ -18,3 +20,5 @@ func checkNamespace() error {
 func addRules(...[]string) (func() error, error) { return nil, checkNamespace() }
 
 func limitRate(string, string) (func() error, error) { return nil, checkNamespace() }
+
+func setMTU(string, int) (func() error, error) { return nil, checkNamespace() }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package ttest
+
+const raceEnabled = false

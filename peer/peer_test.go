@@ -200,7 +200,7 @@ func TestKeepRedialsUntilItWorks(t *testing.T) {
 		},
 	})
 	rec := record(r2)
-	stop2 := r2.Keep("addr")
+	stop2 := r2.Keep("addr:1")
 	defer stop2()
 	ev := rec.next(t)
 	if ev.Kind != Connected || ev.Reconnect || attempts.Load() != 4 {

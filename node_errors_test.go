@@ -3,10 +3,15 @@ package tether_test
 import (
 	"context"
 	"errors"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
 
@@ -54,4 +59,40 @@ func TestDrainingRefusalMatchesErrDraining(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the drain did not end")
 	}
+}
+
+// Keep of a closed port says so at Warn, and a caller waiting for the
+// connection is told why it is not there; a malformed address is an error
+// at the call.
+func TestKeepClosedPortAndMalformedAddress(t *testing.T) {
+	zl, logs := observed()
+	a := node(t, tether.WithLogger(zl))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+
+	if _, err := a.Peers().KeepAddr("no-port-here"); !errors.Is(err, peer.ErrBadAddress) {
+		t.Fatalf("KeepAddr of a malformed address: %v", err)
+	}
+	k, err := a.Peers().KeepAddr(closed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if p, err := k.Wait(ctx); p != nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Wait for a closed port: %v, %v", p, err)
+	}
+	waitFor(t, func() bool {
+		for _, e := range logs.FilterMessage("kept address unreachable").All() {
+			if e.Level == zapcore.WarnLevel && e.ContextMap()["addr"] == closed {
+				return true
+			}
+		}
+		return false
+	}, "a Warn line for the closed port")
 }

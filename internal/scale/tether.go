@@ -129,15 +129,20 @@ func (s *tetherServer) Ports() []int {
 func (s *tetherServer) Lost(port int) (time.Time, bool) {
 	s.mu.Lock()
 	tp := s.peers[port]
+	var p *peer.Peer
+	lost, at := false, time.Time{}
+	if tp != nil {
+		p, lost, at = tp.p, tp.lost, tp.lostAt
+	}
 	s.mu.Unlock()
-	if tp == nil {
+	if p == nil {
 		return time.Time{}, false
 	}
-	if tp.lost {
-		return tp.lostAt, true
+	if lost {
+		return at, true
 	}
 	select {
-	case <-tp.p.Done(): // evicted; its event is on its way
+	case <-p.Done(): // evicted; its event is on its way
 		return time.Now(), true
 	default:
 		return time.Time{}, false

@@ -151,6 +151,11 @@ func main() {
 	} else {
 		fmt.Printf("%d idle peers per system, loopback, %d CPUs, %s\n\n", *peers, runtime.NumCPU(), runtime.Version())
 		scale.WriteTable(os.Stdout, results)
+		for _, r := range results {
+			if r.System == "tether" {
+				writeFloors(r)
+			}
+		}
 	}
 	if failed {
 		os.Exit(1)
@@ -170,4 +175,38 @@ func find(name string) scale.System {
 // a private namespace or iptables rules.
 func isNoSupport(err error) bool {
 	return err != nil && (errors.Is(err, partition.ErrNoKernelSupport) || errors.Is(err, partition.ErrNotIsolated))
+}
+
+// writeFloors says, for tether's result, whether each of the project's
+// floors for many peers held.
+func writeFloors(r *scale.Result) {
+	fmt.Printf("\ntether floors:\n")
+	check := func(ok bool, format string, args ...any) {
+		verdict := "ok  "
+		if !ok {
+			verdict = "FAIL"
+		}
+		fmt.Printf("  %s %s\n", verdict, fmt.Sprintf(format, args...))
+	}
+	connectBound := 10.0 * max(float64(r.Peers)/10000, 1)
+	check(r.Connected == r.Peers && r.ConnectSec <= connectBound,
+		"%d peers registered within %.0f s: %d in %.2f s (dialled %s)", r.Peers, connectBound, r.Connected, r.ConnectSec, atOnce(r.DialConcurrency))
+	if r.IdleSec == 0 {
+		return
+	}
+	check(r.IdleLost == 0, "no false eviction while idle: %d", r.IdleLost)
+	if r.MassSilenced == 0 {
+		return
+	}
+	check(r.MassNoticed == r.MassSilenced && r.MassMaxMS <= 2000, "mass failure noticed within 2 s: %d of %d, the last after %.0f ms", r.MassNoticed, r.MassSilenced, r.MassMaxMS)
+	check(r.MassOthers == 0, "no other peer evicted: %d", r.MassOthers)
+	check(r.MassWarnLines <= 10, "at most 10 lines at Warn or above: %d", r.MassWarnLines)
+	check(r.MassIncidents <= 1, "at most one incident file: %d", r.MassIncidents)
+}
+
+func atOnce(conc int) string {
+	if conc <= 0 {
+		return "all at once"
+	}
+	return fmt.Sprintf("%d at a time", conc)
 }

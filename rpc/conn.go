@@ -197,7 +197,12 @@ func (c *Conn) LocalAddr() net.Addr { return c.wire.LocalAddr() }
 
 // NetConn returns the transport under yamux (a *tls.Conn with TLS), for
 // kernel-level evidence such as TCP_INFO.
-func (c *Conn) NetConn() net.Conn { return c.wire.Conn }
+func (c *Conn) NetConn() net.Conn {
+	if r, ok := c.wire.Conn.(*replayConn); ok {
+		return r.Conn
+	}
+	return c.wire.Conn
+}
 
 // Done is closed when the connection dies.
 func (c *Conn) Done() <-chan struct{} { return c.done }

@@ -1,9 +1,13 @@
 package rpc
 
 import (
+	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -59,6 +63,9 @@ func readHello(r io.Reader) (*hello, error) {
 
 func parseHello(b []byte, r io.Reader) (*hello, error) {
 	if string(b[:4]) != helloMagic {
+		if b[0] == tlsHandshakeRecord && b[1] == 3 { // a TLS ClientHello
+			return nil, violation("%w: the peer speaks TLS, and this node does not use it", ErrTLSMismatch)
+		}
 		return nil, violation("not a tether peer: handshake starts with %q", b[:4])
 	}
 	h := &hello{
@@ -98,3 +105,90 @@ func parseHello(b []byte, r io.Reader) (*hello, error) {
 	}
 	return h, nil
 }
+
+// tlsHandshakeRecord is the first byte of a TLS handshake record.
+const tlsHandshakeRecord = 0x16
+
+// tlsRequired is the reason a TLS node gives a dialer that speaks tether
+// without TLS.
+const tlsRequired = "this node requires TLS"
+
+// refusal is the hello that refuses the other side, saying why.
+func refusal(reason string) []byte {
+	return (&hello{version: ProtocolVersion, status: statusRefuse, id: reason}).marshal()
+}
+
+// refused is the error of a handshake that the other side (by: "the peer",
+// "the dialer") refused with reason.
+func refused(by, reason string) error {
+	switch {
+	case strings.Contains(reason, ErrSelf.Error()):
+		return fmt.Errorf("%w: refused by %s: %s", ErrSelf, by, reason)
+	case strings.Contains(reason, tlsRequired):
+		return fmt.Errorf("%w: refused by %s: %s", ErrTLSMismatch, by, reason)
+	}
+	return fmt.Errorf("refused by %s: %s", by, reason)
+}
+
+// tlsFailure explains a failed TLS handshake. A peer that spoke tether in
+// the clear is told, in the clear, that this node requires TLS (server),
+// or is named as one without TLS (client); anything else is TLS's own
+// error.
+func tlsFailure(conn net.Conn, err error, server bool) error {
+	var rh tls.RecordHeaderError
+	if !errors.As(err, &rh) || string(rh.RecordHeader[:4]) != helloMagic {
+		return fmt.Errorf("TLS: %w", err)
+	}
+	if server {
+		conn.Write(refusal(tlsRequired))
+		return fmt.Errorf("%w: the peer speaks tether without TLS, and %s", ErrTLSMismatch, tlsRequired)
+	}
+	return fmt.Errorf("%w: the peer answered without TLS: it does not use TLS, and this node requires it", ErrTLSMismatch)
+}
+
+// dialerAnswer reads the start of what the dialer sends after the
+// acceptor's hello: yamux's first frame, or a refusal if that hello did not
+// suit it (a peer other than the one it expected, say). It returns the
+// transport for yamux, with the bytes it read put back in front.
+func dialerAnswer(t net.Conn) (net.Conn, error) {
+	var b [helloFixed]byte
+	if _, err := io.ReadFull(t, b[:4]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("the dialer hung up after this node's hello (it refused this node, or gave up): %w", err)
+		}
+		return nil, err
+	}
+	if string(b[:4]) != helloMagic {
+		return &replayConn{Conn: t, pre: append([]byte(nil), b[:4]...)}, nil
+	}
+	if _, err := io.ReadFull(t, b[4:]); err != nil {
+		return nil, err
+	}
+	h, err := parseHello(b[:], t)
+	if err != nil {
+		return nil, err
+	}
+	if h.status != statusRefuse {
+		return nil, violation("a second hello from the dialer")
+	}
+	return nil, refused("the dialer", h.id)
+}
+
+// replayConn is a net.Conn whose first reads return bytes already read
+// from it.
+type replayConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// NetConn returns the connection under c.
+func (c *replayConn) NetConn() net.Conn { return c.Conn }

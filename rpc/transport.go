@@ -70,7 +70,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 			tc = tls.Client(conn, sideTLS(cfg.TLS, false))
 		}
 		if err := tc.HandshakeContext(ctx); err != nil {
-			return nil, fmt.Errorf("TLS: %w", err)
+			return nil, tlsFailure(conn, err, server)
 		}
 		certID = IDFromCertificate(tc.ConnectionState().PeerCertificates[0])
 		transport = tc
@@ -82,9 +82,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 		maxCalls:   uint32(cfg.MaxConcurrentCalls),
 		id:         cfg.ID,
 	}
-	refuse := func(reason string) {
-		transport.Write((&hello{version: ProtocolVersion, status: statusRefuse, id: reason}).marshal())
-	}
+	refuse := func(reason string) { transport.Write(refusal(reason)) }
 	var theirs *hello
 	var err error
 	if server {
@@ -105,20 +103,24 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 		if _, err := transport.Write(mine.marshal()); err != nil {
 			return nil, err
 		}
+		if transport, err = dialerAnswer(transport); err != nil {
+			return nil, err
+		}
 	} else {
 		if _, err := transport.Write(mine.marshal()); err != nil {
 			return nil, err
 		}
 		if theirs, err = readHello(transport); err != nil {
+			if errors.Is(err, ErrIncompatible) || errors.Is(err, ErrProtocolViolation) {
+				refuse(err.Error())
+			}
 			return nil, err
 		}
 		if theirs.status == statusRefuse {
-			if strings.Contains(theirs.id, ErrSelf.Error()) {
-				return nil, fmt.Errorf("%w: refused by the peer: %s", ErrSelf, theirs.id)
-			}
-			return nil, fmt.Errorf("refused by the peer: %s", theirs.id)
+			return nil, refused("the peer", theirs.id)
 		}
 		if err := checkID(theirs.id, cfg.ID, certID, cfg.ExpectID); err != nil {
+			refuse(err.Error()) // so that the acceptor knows who refused, and why
 			return nil, err
 		}
 	}

@@ -61,14 +61,18 @@ func (p *Peer) Done() <-chan struct{} { return p.conn.Done() }
 // *liveness.Verdict for missed heartbeats.
 func (p *Peer) Err() error { return p.conn.Err() }
 
-// Suspect reports whether the peer is overdue: it has not answered a probe
-// in time, and is not yet dead. Route new work elsewhere where there is a
-// choice; FirstK does.
+// Suspect reports whether the peer is suspect: it has not answered a
+// probe within its adaptive timeout (see Timeout), and is not yet dead.
+// Suspicion is liveness's verdict on the connection; it ends when the peer
+// answers (a Recovered event) or with eviction. Route new work elsewhere
+// where there is a choice; FirstK tries a suspect peer after all others.
 func (p *Peer) Suspect() bool { return p.suspect.Load() }
 
 // Overdue reports whether a call to the peer took longer than the hedge
-// delay (see FirstK) and nothing has arrived from the peer since. An overdue
-// peer is slow or gone; FirstK tries it last. It is not evicted for it.
+// delay (see FirstK) and nothing has arrived from the peer since. Overdue
+// is about latency, not liveness: an overdue peer is slow, and may yet
+// answer; FirstK tries it after the others that are neither overdue nor
+// suspect. It is not evicted for it.
 func (p *Peer) Overdue() bool {
 	at := p.overdue.Load()
 	return at != nil && !p.conn.LastReceived().After(*at)

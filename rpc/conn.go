@@ -78,7 +78,11 @@ type connStats struct {
 	readerPaused            atomic.Uint64
 }
 
-// Stats counts what a connection did. Every field is cumulative.
+// Stats is a snapshot of a connection's counters and state. The counters
+// (CallsOut to ReaderPaused, and BytesReceived) are cumulative over the
+// connection's life; Outstanding, Serving, LastReceived and LastSent are
+// current values, as of the snapshot; FailedAtDeath is set once, at death;
+// RemoteMaxCalls and RemoteMaxSize are the peer's limits, from its hello.
 type Stats struct {
 	CallsOut       uint64 // calls made to the peer
 	CallsIn        uint64 // calls and streams the peer made to us
@@ -92,9 +96,9 @@ type Stats struct {
 	FailedAtDeath  int    // our calls failed at once when the connection died
 	Serving        int    // the peer's calls and streams running here now
 	BytesReceived  uint64 // bytes read from the transport
-	LastReceived   time.Time
-	LastSent       time.Time
-	RemoteMaxCalls int // the peer's limit on our concurrent calls
+	LastReceived   time.Time // when the peer last showed life (see Conn.LastReceived)
+	LastSent       time.Time // when bytes were last written to the transport
+	RemoteMaxCalls int       // the peer's limit on our concurrent calls
 	RemoteMaxSize  int // the peer's limit on one message
 }
 

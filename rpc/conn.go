@@ -84,22 +84,22 @@ type connStats struct {
 // current values, as of the snapshot; FailedAtDeath is set once, at death;
 // RemoteMaxCalls and RemoteMaxSize are the peer's limits, from its hello.
 type Stats struct {
-	CallsOut       uint64 // calls made to the peer
-	CallsIn        uint64 // calls and streams the peer made to us
-	LateResponses  uint64 // answers that arrived after their caller gave up: dropped
-	Unsent         uint64 // calls cancelled before their request was written: never sent
-	CancelsSent    uint64 // "nevermind" frames sent for calls already written
-	Rejected       uint64 // the peer's calls refused: unknown method, over a limit
-	HandlerPanics  uint64 // handlers that panicked (answered with CodeInternal)
-	ReaderPaused   uint64 // times reading stopped because answers piled up unsent (MaxWriteQueue)
-	Outstanding    int    // our calls awaiting an answer now
-	FailedAtDeath  int    // our calls failed at once when the connection died
-	Serving        int    // the peer's calls and streams running here now
-	BytesReceived  uint64 // bytes read from the transport
+	CallsOut       uint64    // calls made to the peer
+	CallsIn        uint64    // calls and streams the peer made to us
+	LateResponses  uint64    // answers that arrived after their caller gave up: dropped
+	Unsent         uint64    // calls cancelled before their request was written: never sent
+	CancelsSent    uint64    // "nevermind" frames sent for calls already written
+	Rejected       uint64    // the peer's calls refused: unknown method, over a limit
+	HandlerPanics  uint64    // handlers that panicked (answered with CodeInternal)
+	ReaderPaused   uint64    // times reading stopped because answers piled up unsent (MaxWriteQueue)
+	Outstanding    int       // our calls awaiting an answer now
+	FailedAtDeath  int       // our calls failed at once when the connection died
+	Serving        int       // the peer's calls and streams running here now
+	BytesReceived  uint64    // bytes read from the transport
 	LastReceived   time.Time // when the peer last showed life (see Conn.LastReceived)
 	LastSent       time.Time // when bytes were last written to the transport
 	RemoteMaxCalls int       // the peer's limit on our concurrent calls
-	RemoteMaxSize  int // the peer's limit on one message
+	RemoteMaxSize  int       // the peer's limit on one message
 }
 
 // call is one outgoing call. Calls are pooled; a call whose caller gave up

@@ -96,3 +96,38 @@ func TestKeepClosedPortAndMalformedAddress(t *testing.T) {
 		return false
 	}, "a Warn line for the closed port")
 }
+
+// A plain node dialing a TLS node is told that the peer requires TLS; a
+// dial refused for the wrong ID is logged on the listening side as the
+// dialer's refusal.
+func TestHandshakeErrorsSayWhoRefused(t *testing.T) {
+	cert, err := rpc.NewCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	zl, logs := observed()
+	secure := node(t, tether.WithTLS(rpc.TLSConfig(cert)), tether.WithLogger(zl))
+	plain := node(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = plain.Dial(ctx, secure.Addr().String())
+	if !errors.Is(err, rpc.ErrTLSMismatch) || !strings.Contains(err.Error(), "requires TLS") {
+		t.Fatalf("a plain node dialing a TLS node: %v; want it to say the peer requires TLS", err)
+	}
+
+	zl2, logs2 := observed()
+	b := node(t, tether.WithLogger(zl2))
+	a := node(t)
+	if _, err := a.Dial(ctx, "someone-else@"+b.Addr().String()); err == nil || !strings.Contains(err.Error(), "someone-else") {
+		t.Fatalf("a dial for the wrong ID: %v", err)
+	}
+	waitFor(t, func() bool { return logs2.FilterMessage("handshake refused").Len() > 0 }, "the listener's log line")
+	e := logs2.FilterMessage("handshake refused").All()[0]
+	if msg, _ := e.ContextMap()["error"].(string); !strings.Contains(msg, "refused by the dialer") || strings.Contains(msg, "control stream") {
+		t.Fatalf("the listener logged %q; want the dialer's refusal", msg)
+	}
+	waitFor(t, func() bool { return logs.FilterMessage("handshake refused").Len() > 0 }, "the TLS node's log line")
+	if msg, _ := logs.FilterMessage("handshake refused").All()[0].ContextMap()["error"].(string); !strings.Contains(msg, "without TLS") {
+		t.Fatalf("the TLS node logged %q", msg)
+	}
+}

@@ -2,6 +2,7 @@ package tether_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/tetherrpc/tether"
@@ -36,7 +37,7 @@ func Example() {
 
 	server.Close()
 	ev := <-gone
-	fmt.Println(ev.Kind, ev.Cause)
+	fmt.Println(ev.Kind, errors.Unwrap(ev.Cause)) // ev.Cause is p.Err(), a *rpc.DeadError
 	<-p.Done()
 	fmt.Println(p.Call(ctx, "storage.get", []byte("k1"), &share) != nil)
 	// Output:

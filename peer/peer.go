@@ -58,7 +58,8 @@ func (p *Peer) Done() <-chan struct{} { return p.conn.Done() }
 
 // Err is nil while the reference lives; then a *rpc.DeadError
 // (errors.Is(err, rpc.ErrDeadReference)) wrapping the cause, such as a
-// *liveness.Verdict for missed heartbeats.
+// *liveness.Verdict for missed heartbeats. The Disconnected event's Cause
+// is this same error.
 func (p *Peer) Err() error { return p.conn.Err() }
 
 // Suspect reports whether the peer is suspect: it has not answered a

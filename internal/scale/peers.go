@@ -68,26 +68,60 @@ func Child(systems ...System) {
 	os.Exit(runPeers(sys, os.Getenv(envAddr), n, conc, os.Stdin, os.Stdout))
 }
 
-// runPeers opens n connections to addr, reports "DIALED ok retries failed"
-// on out, waits for in to end, and closes them. It returns the exit code.
+// runPeers opens n connections to addr and reports "DIALED ok retries
+// failed" on out. Until in says "SETTLED" it redials any connection that
+// dies (the server may cut off a handshake the client saw complete), then
+// reports "SETTLED redials" and keeps the connections idle; when in ends,
+// it closes them. It returns the exit code.
 func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer) int {
 	if err := RaiseFileLimit(n + 1024); err != nil {
 		fmt.Fprintln(os.Stderr, "scale peers:", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { // stdin closing early means the node gave up: stop dialling
-		io.Copy(io.Discard, in)
-		cancel()
+	settled := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(in)
+		once := false
+		for sc.Scan() {
+			if sc.Text() == "SETTLED" && !once {
+				once = true
+				close(settled)
+			}
+		}
+		cancel() // standard input ended: the node is done, or gave up
 	}()
+	var mu sync.Mutex
 	conns := make([]io.Closer, n)
-	var retries, failed atomic.Int64
+	var retries, failed, redials atomic.Int64
 	var firstErr atomic.Value
 	var sem chan struct{}
 	if conc > 0 {
 		sem = make(chan struct{}, conc)
 	}
-	var wg sync.WaitGroup
+	// dial makes one connection, with retries; nil if it gave up.
+	dial := func() io.Closer {
+		for a := range dialAttempts {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if a > 0 {
+				retries.Add(1)
+				d := min(dialBackoffBase<<a, dialBackoffMax)
+				time.Sleep(d/2 + rand.N(d/2))
+			}
+			dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
+			c, err := sys.Dial(dctx, addr)
+			dcancel()
+			if err == nil {
+				return c
+			}
+			firstErr.CompareAndSwap(nil, err.Error())
+		}
+		return nil
+	}
+	var initial, all sync.WaitGroup
+	initial.Add(n)
 	for i := range n {
 		if sem != nil {
 			select {
@@ -95,42 +129,58 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 			case <-ctx.Done():
 			}
 		}
-		wg.Go(func() {
+		all.Go(func() {
+			c := dial()
 			if sem != nil {
-				defer func() { <-sem }()
+				<-sem
 			}
-			for a := range dialAttempts {
-				if ctx.Err() != nil {
-					break
-				}
-				if a > 0 {
-					retries.Add(1)
-					d := min(dialBackoffBase<<a, dialBackoffMax)
-					time.Sleep(d/2 + rand.N(d/2))
-				}
-				dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
-				c, err := sys.Dial(dctx, addr)
-				dcancel()
-				if err == nil {
-					conns[i] = c
+			if c == nil {
+				failed.Add(1)
+			}
+			initial.Done()
+			for range dialAttempts {
+				if c == nil {
 					return
 				}
-				firstErr.CompareAndSwap(nil, err.Error())
+				mu.Lock()
+				conns[i] = c
+				mu.Unlock()
+				done := doneOf(c)
+				if done == nil {
+					return
+				}
+				select {
+				case <-done:
+				case <-settled:
+					return
+				case <-ctx.Done():
+					return
+				}
+				redials.Add(1)
+				c = dial()
 			}
-			failed.Add(1)
 		})
 	}
-	wg.Wait()
+	initial.Wait()
 	if e, ok := firstErr.Load().(string); ok {
 		fmt.Fprintf(os.Stderr, "scale peers: first dial error: %s\n", e)
 	}
 	fmt.Fprintf(out, "DIALED %d %d %d\n", int64(n)-failed.Load(), retries.Load(), failed.Load())
-	<-ctx.Done() // standard input ended: the node is done
+	select {
+	case <-settled:
+		all.Wait()
+		fmt.Fprintf(out, "SETTLED %d\n", redials.Load())
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+	all.Wait() // bounded: every dial and backoff ends with ctx
 
 	closed := make(chan struct{})
 	go func() {
 		var cw sync.WaitGroup
 		sem := make(chan struct{}, 256)
+		mu.Lock()
+		defer mu.Unlock()
 		for _, c := range conns {
 			if c != nil {
 				sem <- struct{}{}
@@ -261,5 +311,41 @@ func (p *peersProc) stop() {
 	case <-time.After(closeTimeout + 5*time.Second):
 		p.cmd.Process.Kill()
 		<-p.done
+	}
+}
+
+// doneOf returns a channel closed when c's connection ends, for the kinds
+// of connection that have one (rpc.Conn, yamux.Session), else nil.
+func doneOf(c io.Closer) <-chan struct{} {
+	switch c := c.(type) {
+	case interface{ Done() <-chan struct{} }:
+		return c.Done()
+	case interface{ CloseChan() <-chan struct{} }:
+		return c.CloseChan()
+	}
+	return nil
+}
+
+// settle tells the peers process that all peers are registered (it stops
+// redialling) and returns how many connections it had to redial, waiting up
+// to d for the answer.
+func (p *peersProc) settle(d time.Duration) (redials int, ok bool) {
+	if _, err := io.WriteString(p.stdin, "SETTLED\n"); err != nil {
+		return 0, false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				return 0, false
+			}
+			if _, err := fmt.Sscanf(line, "SETTLED %d", &redials); err == nil {
+				return redials, true
+			}
+		case <-t.C:
+			return 0, false
+		}
 	}
 }

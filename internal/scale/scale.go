@@ -157,6 +157,9 @@ type Result struct {
 	ConnectSec      float64 `json:"connect_s"`        // from the first dial to all N registered
 	DialRetries     int     `json:"dial_retries"`     // dials the peers process had to retry
 	DialFailed      int     `json:"dial_failed"`      // connections the peers process gave up on
+	// Redials counts connections that died after their dial succeeded,
+	// before all were registered, and were dialled again.
+	Redials int `json:"redials"`
 
 	IdleSec           float64 `json:"idle_s"`
 	CPUCore           float64 `json:"cpu_core"` // node CPU over the idle window, in cores (1 = one core busy)
@@ -193,7 +196,7 @@ type Result struct {
 func Run(ctx context.Context, sys System, cfg Config) (*Result, error) {
 	cfg.defaults()
 	res := &Result{System: sys.Name(), Peers: cfg.Peers, DialConcurrency: cfg.DialConcurrency, DetectMS: -1, MassP50MS: -1, MassMaxMS: -1}
-	if err := RaiseFileLimit(2*cfg.Peers + 1024); err != nil {
+	if err := RaiseFileLimit(cfg.Peers + 1024); err != nil {
 		cfg.Logf("file limit: %v", err)
 	}
 
@@ -215,8 +218,14 @@ func Run(ctx context.Context, sys System, cfg Config) (*Result, error) {
 
 	// Connect: wait for all N to be registered.
 	deadline := start.Add(cfg.ConnectTimeout)
+	progress, cpuStart := start.Add(5*time.Second), cpuTime()
 	for srv.Peers() < cfg.Peers && time.Now().Before(deadline) && ctx.Err() == nil && !peers.exited() {
 		time.Sleep(10 * time.Millisecond)
+		if now := time.Now(); now.After(progress) {
+			progress = now.Add(5 * time.Second)
+			cfg.Logf("%s: %d registered after %.0f s (node CPU %.0f%% of a core)",
+				sys.Name(), srv.Peers(), now.Sub(start).Seconds(), 100*(cpuTime()-cpuStart).Seconds()/now.Sub(start).Seconds())
+		}
 	}
 	res.Connected = srv.Peers()
 	res.ConnectSec = time.Since(start).Seconds()
@@ -228,6 +237,9 @@ func Run(ctx context.Context, sys System, cfg Config) (*Result, error) {
 			sys.Name(), res.Connected, cfg.Peers, res.ConnectSec, res.DialRetries, res.DialFailed)
 	}
 	cfg.Logf("%s: %d peers registered in %.2f s", sys.Name(), res.Connected, res.ConnectSec)
+	if r, ok := peers.settle(5 * time.Second); ok {
+		res.Redials = r
+	}
 	if cfg.ConnectOnly {
 		return res, peers.err()
 	}

@@ -128,7 +128,7 @@ func main() {
 			failed = true
 		}
 		if r != nil {
-			if r.NoSilence == "" && !silence {
+			if !silence {
 				r.NoSilence = why
 			}
 			results = append(results, r)

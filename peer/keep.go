@@ -54,8 +54,8 @@ func CheckAddr(addr string) error {
 // stays until evicted).
 //
 // Keep is KeepAddr without its error and its wait: a malformed address is
-// logged at Warn and not kept (the returned func then does nothing), as is
-// an address kept already. The first failed dial of a kept address is
+// logged at Warn and not kept. For it, as for an address kept already, the
+// returned func does nothing. The first failed dial of a kept address is
 // logged at Warn, then at most once a minute while it stays unreachable;
 // failed redials after a loss (whose eviction was logged already) are
 // logged at Warn only after a minute.

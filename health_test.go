@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -185,7 +186,7 @@ func TestDrainLosesNoCall(t *testing.T) {
 	d := ev.next(t, peer.Disconnected, 5*time.Second)
 	lag := d.Time.Sub(time.Unix(0, lastOK.Load()))
 	t.Logf("peer evicted the drained node %v after its last call returned (cause %v)", lag, d.Cause)
-	if !errors.Is(d.Cause, rpc.ErrPeerLeft) || lag > slower(100*time.Millisecond) {
+	if !errors.Is(d.Cause, rpc.ErrPeerLeft) || lag > ttest.Scaled(100*time.Millisecond) {
 		t.Fatalf("eviction %v after the drain, cause %v", lag, d.Cause)
 	}
 }

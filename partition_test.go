@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
@@ -123,6 +124,9 @@ func TestSilentPartitionDetectionTimes(t *testing.T) {
 		return
 	}
 	trials := envInt("TETHER_TRIALS", 8)
+	if testing.Short() {
+		trials = 2
+	}
 	probed := func(hb time.Duration) liveness.Config {
 		c := liveness.LAN().WithInterval(hb)
 		c.KeepAlive = 0
@@ -237,7 +241,7 @@ func TestFirstKWithSilentPeer(t *testing.T) {
 	// The floor is 1.5x plus the hedge delay; the slack absorbs a loaded
 	// CI machine's scheduling noise, and is far below the ~0.5 s a read
 	// would wait if it waited for the eviction.
-	if bound := p99(before)*3/2 + hedge + slower(2*time.Millisecond); p99(during) > bound {
+	if bound := p99(before)*3/2 + hedge + ttest.Scaled(2*time.Millisecond); p99(during) > bound {
 		t.Errorf("read p99 during the partition %v > 1.5x before (%v) + hedge delay (%v)", p99(during), p99(before), hedge)
 	}
 }

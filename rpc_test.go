@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -220,7 +221,7 @@ func TestEvictionFailsOutstandingCallsAtOnce(t *testing.T) {
 	t.Logf("%d outstanding calls failed within %v of the eviction", n, last)
 	// The floor is 50 ms (BenchmarkEvict10000 measures it); here a bound
 	// generous enough for a loaded 2-core CI machine.
-	if bound := slower(250 * time.Millisecond); last > bound {
+	if bound := ttest.Scaled(250 * time.Millisecond); last > bound {
 		t.Errorf("last call failed %v after the eviction, bound %v", last, bound)
 	}
 	select {
@@ -239,7 +240,7 @@ func TestEvictionFailsOutstandingCallsAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if per := time.Since(t1) / 1000; per > slower(10*time.Microsecond) {
+	if per := time.Since(t1) / 1000; per > ttest.Scaled(10*time.Microsecond) {
 		t.Errorf("a call on an evicted reference took %v, floor 10µs", per)
 	}
 
@@ -312,25 +313,10 @@ func TestGoodbyeAndReconnect(t *testing.T) {
 	}
 }
 
-// slower stretches a timing bound under the race detector, which slows
-// goroutine-heavy code ten times or more. The precise figures are measured
-// in benchmarks, without it.
-func slower(d time.Duration) time.Duration {
-	if raceEnabled {
-		return 20 * d
-	}
-	return d
-}
-
+// waitFor is ttest.WaitFor with the timeout this package's tests use.
 func waitFor(t testing.TB, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	ttest.WaitFor(t, 10*time.Second, cond, what)
 }
 
 func envInt(name string, def int) int {

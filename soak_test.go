@@ -1,7 +1,6 @@
 package tether_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,11 +11,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
@@ -44,64 +43,36 @@ func serveTestMethods(n *tether.Node) {
 	}))
 }
 
-// startChild re-executes this test binary with env added (its init sees
-// it and plays its part) and returns the child's stdin, stdout and process.
-// At the end of the test the child is resumed (it may be stopped), its stdin
-// closed (its cue to end), and it is killed if it has not ended in 5 s.
-func startChild(t *testing.T, env ...string) (stdin io.WriteCloser, out *bufio.Reader, proc *os.Process) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), env...)
-	stdin, _ = cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGCONT)
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	return stdin, bufio.NewReader(stdout), cmd.Process
-}
-
 // childNode runs a node in a child process (so that it can be paused with
-// SIGSTOP) and returns its address and process.
-func childNode(t *testing.T) (addr string, proc *os.Process) {
+// SIGSTOP) and returns its address and the child.
+func childNode(t *testing.T) (addr string, child *ttest.Child) {
 	t.Helper()
-	_, out, proc := startChild(t, "TETHER_CHILD_NODE=1")
-	line, err := out.ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "ADDR ") {
-		t.Fatalf("child node: %q %v", line, err)
+	child = ttest.StartChild(t, "node")
+	line := child.ReadLine(t)
+	addr, ok := strings.CutPrefix(line, "ADDR ")
+	if !ok {
+		t.Fatalf("child node: %q", line)
 	}
-	return strings.TrimSpace(strings.TrimPrefix(line, "ADDR ")), proc
+	return addr, child
 }
 
 // runChildNode is the child's side: serve until stdin closes.
-func runChildNode() {
+func runChildNode() int {
 	n, err := tether.Listen("127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
 	serveTestMethods(n)
 	fmt.Printf("ADDR %s\n", n.Addr())
 	io.Copy(io.Discard, os.Stdin)
 	n.Close()
-	os.Exit(0)
+	return 0
 }
 
 func init() {
-	if os.Getenv("TETHER_CHILD_NODE") != "" {
-		runChildNode()
+	if ttest.Role() == "node" {
+		os.Exit(runChildNode())
 	}
 }
 
@@ -159,6 +130,9 @@ func newSoakRig(t *testing.T, addr string) *soakRig {
 // within 2 s.
 func (r *soakRig) soak(t *testing.T, what string, extra func(ctx context.Context)) {
 	window := soakWindow()
+	if testing.Short() {
+		window = time.Second // a taste; the soak is the long run
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), window)
 	defer cancel()
 	var calls, failures atomic.Int64
@@ -213,6 +187,7 @@ func TestNoFalseEvictionLossyLink(t *testing.T) {
 
 // A 1 Mbit/s link carrying a 64 MiB stream.
 func TestNoFalseEvictionSlowLink(t *testing.T) {
+	ttest.NeedShaping(t)
 	if !partition.Isolated(t) {
 		return
 	}
@@ -221,9 +196,11 @@ func TestNoFalseEvictionSlowLink(t *testing.T) {
 	r := newSoakRig(t, b.Addr().String())
 	// A real 1 Mbit/s link carries 1500-byte packets; loopback's 64 KiB
 	// ones would take half a second each.
-	if out, err := exec.Command("ip", "link", "set", "lo", "mtu", "1500").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo mtu 1500: %v: %s", err, out)
+	restore, err := partition.SetMTU("lo", 1500)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer restore()
 	heal, err := partition.LimitRate("lo", "1mbit")
 	if err != nil {
 		t.Fatal(err)
@@ -250,10 +227,11 @@ func TestNoFalseEvictionSlowLink(t *testing.T) {
 
 // The peer's process paused for 200 ms at random intervals.
 func TestNoFalseEvictionPausedPeer(t *testing.T) {
+	ttest.NeedPause(t)
 	if !partition.Isolated(t) {
 		return
 	}
-	addr, proc := childNode(t)
+	addr, child := childNode(t)
 	r := newSoakRig(t, addr)
 	pauses := 0
 	r.soak(t, "peer paused 200ms at random", func(ctx context.Context) {
@@ -264,9 +242,9 @@ func TestNoFalseEvictionPausedPeer(t *testing.T) {
 				return
 			case <-time.After(time.Duration(300+rng.IntN(700)) * time.Millisecond):
 			}
-			proc.Signal(syscall.SIGSTOP)
+			child.Pause()
 			time.Sleep(200 * time.Millisecond)
-			proc.Signal(syscall.SIGCONT)
+			child.Resume()
 			pauses++
 		}
 	})
@@ -279,7 +257,7 @@ func TestNoFalseEvictionCPULoad(t *testing.T) {
 		return
 	}
 	for range 2 {
-		hog := exec.Command("sh", "-c", "while :; do :; done")
+		hog := exec.Command(ttest.NeedTool(t, "sh"), "-c", "while :; do :; done")
 		if err := hog.Start(); err != nil {
 			t.Fatal(err)
 		}

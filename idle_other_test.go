@@ -1,5 +1,0 @@
-//go:build !linux
-
-package tether_test
-
-func runAsIdle() bool { return false }

@@ -1,5 +1,0 @@
-//go:build race
-
-package tether_test
-
-const raceEnabled = true

@@ -63,7 +63,12 @@ func WriteTable(w io.Writer, results []*Result) error {
 			return f(r)
 		}
 	}
-	row("one silenced peer noticed", silenced(func(r *Result) string { return detect(r.DetectMS, r.BoundMS) }))
+	row("a silenced peer noticed, p50 / max", silenced(func(r *Result) string {
+		if r.DetectMS < 0 {
+			return detect(r.DetectMS, r.BoundMS)
+		}
+		return fmt.Sprintf("%.0f / %.0f ms (of %d)", r.DetectMS, r.DetectMaxMS, r.DetectCount)
+	}))
 	row("  others lost meanwhile", silenced(func(r *Result) string { return fmt.Sprint(r.DetectOthers) }))
 	row("mass failure: silenced at once", silenced(func(r *Result) string {
 		if r.MassSilenced == 0 {

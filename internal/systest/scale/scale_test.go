@@ -21,7 +21,7 @@ type bounds struct {
 	cpu        float64       // node CPU while idle, in cores
 	kib        float64       // heap+stacks per peer
 	goroutines float64       // per peer
-	detect     time.Duration // one silenced peer noticed
+	detect     time.Duration // each of five peers silenced one at a time noticed
 	mass       time.Duration // every peer of a mass failure noticed
 	warnLines  int           // logged at Warn and above for the whole mass failure
 	incidents  int           // incident files for the whole mass failure
@@ -63,9 +63,10 @@ func size(t *testing.T) (peers int, idle time.Duration) {
 // TestScale connects N idle peers (bare rpc.Clients in a second process)
 // to one tether node with its default configuration, inside a private
 // network namespace, and asserts per-peer CPU, memory and goroutines, no
-// false eviction while idle, the detection of one peer silenced by an
-// iptables DROP, and a mass failure (a fifth of the peers silenced at
-// once): all noticed within 2 s, no other peer evicted, at most 10 lines
+// false eviction while idle, the detection of peers silenced one at a
+// time by an iptables DROP, and a mass failure (a fifth of the peers
+// silenced at once): all noticed within 2 s, no other peer evicted, at
+// most 10 lines
 // at Warn or above and at most one incident file.
 //
 // Under the race detector it runs with 200 peers and asserts the
@@ -131,11 +132,11 @@ func TestScale(t *testing.T) {
 	switch {
 	case r.DetectMS < 0:
 		t.Errorf("a silenced peer was not noticed within %.0f ms", r.BoundMS)
-	case r.DetectMS > ms(b.detect):
-		t.Errorf("a silenced peer was noticed after %.0f ms, over the bound of %v", r.DetectMS, b.detect)
+	case r.DetectMaxMS > ms(b.detect):
+		t.Errorf("of %d peers silenced one at a time, one was noticed after %.0f ms, over the bound of %v", r.DetectCount, r.DetectMaxMS, b.detect)
 	}
 	if r.DetectOthers != 0 {
-		t.Errorf("%d other peers evicted while one was silenced", r.DetectOthers)
+		t.Errorf("%d other peers evicted while single peers were silenced", r.DetectOthers)
 	}
 	if r.MassSilenced == 0 {
 		t.Fatal("no mass failure made")

@@ -66,8 +66,7 @@ func size(t *testing.T) (peers int, idle time.Duration) {
 // false eviction while idle, the detection of peers silenced one at a
 // time by an iptables DROP, and a mass failure (a fifth of the peers
 // silenced at once): all noticed within 2 s, no other peer evicted, at
-// most 10 lines
-// at Warn or above and at most one incident file.
+// most 10 lines at Warn or above and at most one incident file.
 //
 // Under the race detector it runs with 200 peers and asserts the
 // behaviour only: the detector makes every goroutine, channel operation

@@ -216,7 +216,6 @@ func Run(ctx context.Context, sys System, cfg Config) (*Result, error) {
 		return res, fmt.Errorf("scale: %s: serve: %w", sys.Name(), err)
 	}
 	defer srv.Close()
-	defer Heal()
 
 	cfg.Logf("%s: %d peers dialling %s, %s", sys.Name(), cfg.Peers, srv.Addr(), atOnce(cfg.DialConcurrency))
 	start := time.Now()
@@ -225,6 +224,7 @@ func Run(ctx context.Context, sys System, cfg Config) (*Result, error) {
 		return res, err
 	}
 	defer peers.stop()
+	defer Heal() // first: the peers then close their connections unhindered
 
 	// Connect: wait for all N to be registered.
 	deadline := start.Add(cfg.ConnectTimeout)
@@ -323,7 +323,7 @@ func Run(ctx context.Context, sys System, cfg Config) (*Result, error) {
 	}
 	res.DetectOthers = countLost(srv, ports, mergeSets(silenced, lostBefore))
 	cfg.Logf("%s: %d peers silenced one at a time: noticed after %s at the median, %s at most; %d others lost",
-		sys.Name(), cfg.Singles, fmtMS(res.DetectMS), fmtMS(res.DetectMaxMS), res.DetectOthers)
+		sys.Name(), len(singles), fmtMS(res.DetectMS), fmtMS(res.DetectMaxMS), res.DetectOthers)
 
 	// Mass failure.
 	if cfg.SilenceFrac < 0 {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,8 +80,9 @@ type Registry struct {
 
 	mu     sync.Mutex
 	peers  map[ID]*Peer
-	live   []*Peer       // the values of peers, for Sample
-	pos    map[*Peer]int // each one's index in live
+	live   []*Peer          // the values of peers, for Sample
+	pos    map[*Peer]int    // each one's index in live
+	dialed map[string]*Peer // of peers, the newest this side dialed to each address
 	kept   map[string]*keeper
 	closed bool
 	totals Stats // what dead references did, and event counts
@@ -112,13 +115,14 @@ func New(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{
-		cfg:   cfg,
-		mon:   mon,
-		log:   cfg.Logger,
-		hedge: NewHedge(),
-		peers: make(map[ID]*Peer),
-		pos:   make(map[*Peer]int),
-		kept:  make(map[string]*keeper),
+		cfg:    cfg,
+		mon:    mon,
+		log:    cfg.Logger,
+		hedge:  NewHedge(),
+		peers:  make(map[ID]*Peer),
+		pos:    make(map[*Peer]int),
+		dialed: make(map[string]*Peer),
+		kept:   make(map[string]*keeper),
 	}
 	r.evicted = newFold(cfg.Logger, zap.WarnLevel, "peers evicted", realFoldClock{}, true)
 	r.left = newFold(cfg.Logger, zap.InfoLevel, "peers disconnected", realFoldClock{}, false)
@@ -263,11 +267,9 @@ func (r *Registry) Dial(ctx context.Context, addr string) (*Peer, error) {
 	}
 	r.mu.Lock()
 	closed := r.closed
-	for _, p := range r.peers {
-		if p.dialed && p.addr == addr && p.conn.Err() == nil {
-			r.mu.Unlock()
-			return p, nil
-		}
+	if p := r.dialed[addr]; p != nil && p.conn.Err() == nil {
+		r.mu.Unlock()
+		return p, nil
 	}
 	r.mu.Unlock()
 	if closed {
@@ -302,6 +304,82 @@ func (r *Registry) List() []*Peer {
 		}
 	}
 	return out
+}
+
+// Sample returns up to n live references chosen at random, those neither
+// suspect nor overdue first (then the overdue, then the suspect), without
+// copying the registry: it costs O(n) however many peers there are, where
+// List costs O(peers). Pass it to FirstK with a few more than k, as
+// alternates: FirstK(ctx, r.Sample(k+2), k, fn).
+func (r *Registry) Sample(n int) []*Peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	total := len(r.live)
+	if n <= 0 || total == 0 {
+		return nil
+	}
+	out := make([]*Peer, 0, min(n, total))
+	var spare []*Peer // live, but overdue or suspect
+	take := func(p *Peer) {
+		switch {
+		case p.conn.Err() != nil:
+		case p.Suspect() || p.Overdue():
+			spare = append(spare, p)
+		default:
+			out = append(out, p)
+		}
+	}
+	if n*4 < total {
+		// Random draws: each finds a healthy peer unless many are unwell,
+		// so a few times n of them find n.
+		seen := make(map[int]struct{}, 2*n)
+		for range 4*n + 16 {
+			i := rand.IntN(total)
+			if _, dup := seen[i]; dup {
+				continue
+			}
+			seen[i] = struct{}{}
+			take(r.live[i])
+			if len(out) == n {
+				return out
+			}
+		}
+		// Too many unwell to find n by chance: fall back to a scan of
+		// the rest, from a random place.
+		start := rand.IntN(total)
+		for j := range total {
+			i := (start + j) % total
+			if _, dup := seen[i]; dup {
+				continue
+			}
+			take(r.live[i])
+			if len(out) == n {
+				return out
+			}
+		}
+	} else {
+		start := rand.IntN(total)
+		for j := range total {
+			take(r.live[(start+j)%total])
+			if len(out) == n {
+				return out
+			}
+		}
+	}
+	slices.SortStableFunc(spare, func(a, b *Peer) int { return unwell(a) - unwell(b) })
+	return append(out, spare[:min(len(spare), n-len(out))]...)
+}
+
+// unwell ranks a live reference for new work: 0 healthy, 1 overdue,
+// 2 suspect.
+func unwell(p *Peer) int {
+	switch {
+	case p.Suspect():
+		return 2
+	case p.Overdue():
+		return 1
+	}
+	return 0
 }
 
 // Evict evicts the current reference to id with cause (ErrEvicted if nil):
@@ -373,8 +451,15 @@ func (r *Registry) gone(p *Peer) {
 	}
 }
 
-// index puts p in live, in old's place if old was there.
+// index puts p in live, in old's place if old was there, and in dialed
+// if this side dialed it.
 func (r *Registry) index(p, old *Peer) {
+	if old != nil && r.dialed[old.addr] == old {
+		delete(r.dialed, old.addr)
+	}
+	if p.dialed {
+		r.dialed[p.addr] = p
+	}
 	if i, ok := r.pos[old]; ok && old != nil {
 		delete(r.pos, old)
 		r.live[i] = p
@@ -385,8 +470,12 @@ func (r *Registry) index(p, old *Peer) {
 	r.live = append(r.live, p)
 }
 
-// unindex takes p out of live, moving the last one into its place.
+// unindex takes p out of live, moving the last one into its place, and
+// out of dialed.
 func (r *Registry) unindex(p *Peer) {
+	if r.dialed[p.addr] == p {
+		delete(r.dialed, p.addr)
+	}
 	i, ok := r.pos[p]
 	if !ok {
 		return

@@ -1,0 +1,212 @@
+package peer
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/tetherrpc/tether/liveness"
+	"github.com/tetherrpc/tether/rpc"
+)
+
+// warnLines is the entries at Warn and above.
+func warnLines(logs *observer.ObservedLogs) []observer.LoggedEntry {
+	return logs.Filter(func(e observer.LoggedEntry) bool { return e.Level >= zapcore.WarnLevel }).All()
+}
+
+// A fifth of the registry's peers evicted at once: every eviction is told
+// to subscribers and counted, no other peer is touched, and the log says
+// it in a few lines (the first evictions, then one summary) with one
+// incident mark.
+func TestMassEviction(t *testing.T) {
+	n := massPeers
+	evict := n / 5
+	core, logs := observer.New(zapcore.InfoLevel)
+	f := newFleet(t, Config{Logger: zap.New(core)}, n)
+	if got := len(f.r.List()); got != n {
+		t.Fatalf("%d peers registered, want %d", got, n)
+	}
+	var mu sync.Mutex
+	told := map[ID]int{}
+	all := make(chan struct{})
+	f.r.Subscribe(func(ev Event) {
+		if ev.Kind != Disconnected {
+			return
+		}
+		mu.Lock()
+		told[ev.ID]++
+		if len(told) == evict && told[ev.ID] == 1 {
+			close(all)
+		}
+		mu.Unlock()
+	})
+	victims := map[ID]bool{}
+	for i := 0; i < n; i += 5 {
+		victims[f.peers[i].ID()] = true
+	}
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w * 5; i < n; i += 20 {
+				cause := error(&liveness.Verdict{Kind: liveness.Silent, Silence: time.Second})
+				if i%20 == 0 {
+					cause = &liveness.Verdict{Kind: liveness.Unanswered, Silence: 1500 * time.Millisecond}
+				}
+				if !f.r.Evict(f.peers[i].ID(), cause) {
+					t.Errorf("peer %d was not live", i)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case <-all:
+	case <-time.After(2 * time.Minute):
+		mu.Lock()
+		t.Fatalf("%d of %d evictions told after 30 s", len(told), evict)
+	}
+	took := time.Since(t0)
+	mu.Lock()
+	for id, c := range told {
+		if !victims[id] || c != 1 {
+			t.Errorf("peer %s told %d times (a victim: %v)", id, c, victims[id])
+		}
+	}
+	mu.Unlock()
+	st := f.r.Stats()
+	if st.Disconnects != uint64(evict) || st.Peers != n-evict || len(f.r.List()) != n-evict {
+		t.Fatalf("stats after evicting %d of %d: %d disconnects, %d peers", evict, n, st.Disconnects, st.Peers)
+	}
+	// The last summary comes once the burst has been quiet for foldQuiet.
+	folded := func() int {
+		n := 0
+		for _, e := range logs.FilterMessage("peers evicted").All() {
+			n += int(e.ContextMap()["count"].(int64))
+		}
+		return n
+	}
+	deadline := time.Now().Add(foldQuiet + 10*time.Second)
+	for folded() < evict-foldSingles && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling for an outcome
+	}
+	warns := warnLines(logs)
+	singles, summaries, incidents, counted := 0, 0, 0, 0
+	for _, e := range warns {
+		m := e.ContextMap()
+		switch e.Message {
+		case "peer evicted":
+			singles++
+			counted++
+		case "peers evicted":
+			summaries++
+			counted += int(m["count"].(int64))
+			t.Logf("summary: %v", m)
+		default:
+			t.Errorf("unexpected line %s %v", e.Message, m)
+		}
+		if m[incidentKey] == true {
+			incidents++
+		}
+	}
+	t.Logf("%d of %d peers evicted and told in %v; %d lines at Warn: %d single, %d summary",
+		evict, n, took.Round(time.Millisecond), len(warns), singles, summaries)
+	if len(warns) > 10 || singles != foldSingles || summaries < 1 || counted != evict || incidents != 1 {
+		t.Fatalf("%d lines at Warn (%d single, %d summaries) account for %d of %d evictions, %d incidents",
+			len(warns), singles, summaries, counted, evict, incidents)
+	}
+}
+
+// Evictions apart from any burst are logged as ever: one Warn line each,
+// at once, with the peer, its cause and the calls it failed.
+func TestSingleEvictionsLogOneLineEach(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	f := newFleet(t, Config{Logger: zap.New(core)}, foldSingles)
+	gone := make(chan Event, foldSingles)
+	f.r.Subscribe(func(ev Event) {
+		if ev.Kind == Disconnected {
+			gone <- ev
+		}
+	})
+	for i, p := range f.peers {
+		cause := fmt.Errorf("operator %d", i)
+		f.r.Evict(p.ID(), cause)
+		ev := <-gone
+		if !errors.Is(ev.Cause, cause) {
+			t.Fatalf("event %+v", ev)
+		}
+		warns := warnLines(logs)
+		if len(warns) != i+1 {
+			t.Fatalf("after %d evictions, %d lines at Warn: %v", i+1, len(warns), warns)
+		}
+		m := warns[i].ContextMap()
+		if warns[i].Message != "peer evicted" || m["peer"] != string(p.ID()) || m["calls_cancelled"] != int64(0) {
+			t.Fatalf("line %s %v", warns[i].Message, m)
+		}
+	}
+}
+
+// Sample finds healthy peers first, at random, and never a dead one.
+func TestSample(t *testing.T) {
+	f := newFleet(t, Config{}, 200)
+	if s := f.r.Sample(0); s != nil {
+		t.Fatalf("Sample(0) = %v", s)
+	}
+	// Half the peers suspect: a sample of 5 is of the healthy half.
+	suspect := map[*Peer]bool{}
+	for i, p := range f.peers {
+		if i%2 == 0 {
+			p.suspect.Store(true)
+			suspect[p] = true
+		}
+	}
+	counts := map[*Peer]int{}
+	for range 200 {
+		s := f.r.Sample(5)
+		if len(s) != 5 {
+			t.Fatalf("Sample(5) returned %d", len(s))
+		}
+		seen := map[*Peer]bool{}
+		for _, p := range s {
+			if suspect[p] || seen[p] {
+				t.Fatalf("sample %v: suspect %v, twice %v", s, suspect[p], seen[p])
+			}
+			seen[p] = true
+			counts[p]++
+		}
+	}
+	if len(counts) < 80 { // 1000 draws of 100 healthy peers: all but a few
+		t.Fatalf("200 samples of 5 touched only %d of 100 healthy peers", len(counts))
+	}
+	// Asking for more than there are healthy: the healthy, then the suspect.
+	s := f.r.Sample(150)
+	if len(s) != 150 {
+		t.Fatalf("Sample(150) returned %d", len(s))
+	}
+	for i, p := range s {
+		if suspect[p] != (i >= 100) {
+			t.Fatalf("sample position %d suspect %v", i, suspect[p])
+		}
+	}
+	// Dead ones never come back, even when most are.
+	for i, p := range f.peers {
+		if i%10 != 0 {
+			p.Evict(rpc.ErrClosed)
+			<-p.Done()
+		}
+	}
+	for _, p := range f.r.Sample(50) {
+		if p.Err() != nil {
+			t.Fatalf("a dead peer sampled: %v", p)
+		}
+	}
+	if all := f.r.Sample(1000); len(all) > 20 {
+		t.Fatalf("Sample(1000) of 20 live peers returned %d", len(all))
+	}
+}

@@ -30,9 +30,11 @@ const (
 	foldSample  = 10 // peer IDs named in a summary
 )
 
-// A mass failure opens one incident: the first summary of a burst carries
-// the incident field when the burst has evicted at least massMin peers and
-// at least one in massFraction of those the registry held when it began.
+// A mass failure opens one incident: the first summary written once the
+// burst has evicted at least massMin peers, and at least one in
+// massFraction of those the registry held when the burst began, carries the
+// incident field; no other line of the burst does. (The recorder folds
+// whatever else triggers within its window into the same incident.)
 // Losing a tenth of one's peers at once points at a fault near this node or
 // shared by many (a switch, a partition of our own side, an overloaded host),
 // for which the history the incident keeps is worth having; a lone dead peer,

@@ -186,9 +186,9 @@ type chaos struct {
 	dur     time.Duration
 	dir     string
 	spikeOK bool
-	stalls  [][2]time.Time // when this process was held off the CPU (see watchStalls)
-	lates   []cxLate       // timing bounds broken, judged against the stalls at the end
-	excused int            // of those, broken while this process was held off the CPU
+	stalls  *ttest.Stalls // when this process was held off the CPU
+	lates   []cxLate      // timing bounds broken, judged against the stalls at the end
+	excused int           // of those, broken while this process was held off the CPU
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -295,9 +295,9 @@ func TestChaos(t *testing.T) {
 	heap0, goroutines0 := ms.HeapAlloc, runtime.NumGoroutine()
 
 	c.start = time.Now()
-	stopWatch := c.watchStalls()
+	c.stalls = ttest.WatchStalls(cxStall)
 	c.run()
-	stopWatch()
+	c.stalls.Stop()
 	c.judgeLates()
 
 	// Everything is closed: goroutines and memory back to the baseline.
@@ -1317,11 +1317,7 @@ func (c *chaos) judgeLates() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, l := range c.lates {
-		stalled := false
-		for _, st := range c.stalls {
-			stalled = stalled || (!st[0].After(l.to) && !st[1].Before(l.from))
-		}
-		if stalled {
+		if c.stalls.During(l.from, l.to) {
 			c.excused++
 			c.t.Logf("during a stall of this process: %s", l.msg)
 			continue
@@ -1331,55 +1327,13 @@ func (c *chaos) judgeLates() {
 	}
 }
 
-// cxStall is how late a timer must fire to count as a stall of this
-// process: liveness' LateSlack, past which it takes a late check for its
-// own process not running. A stall that long can delay the answer to a
-// probe past its timeout, so that the probe is retried.
+// cxStall is how long this process must have been held off the CPU to
+// count as stalled: liveness' LateSlack, past which it takes a late check
+// for its own process not running. A stall that long can delay the answer
+// to a probe past its timeout, so that the probe is retried; liveness then
+// treats the link as one that stalls, and waits StallBound before it
+// judges it silent: the same as after a latency spike.
 const cxStall = 100 * time.Millisecond
-
-// watchStalls records when this process was held off the CPU (on a busy
-// machine) until the returned func is called. A link whose probes needed
-// retries lately is one that may stall, and liveness then waits
-// StallBound before it judges it silent: the same as after a latency
-// spike, whatever held the answers back.
-func (c *chaos) watchStalls() (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		const tick = 10 * time.Millisecond
-		tk := time.NewTicker(tick)
-		defer tk.Stop()
-		last := time.Now()
-		for {
-			select {
-			case <-done:
-				return
-			case now := <-tk.C:
-				if now.Sub(last) > tick+cxStall {
-					c.mu.Lock()
-					c.stalls = append(c.stalls, [2]time.Time{last, now})
-					c.mu.Unlock()
-				}
-				last = now
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
-}
-
-// stalledBefore reports whether this process stalled while the
-// detection's connection lived, within liveness' stall memory (5 minutes)
-// before its fault.
-func (c *chaos) stalledBefore(d *cxDetect) bool {
-	born := d.ref.Since()
-	for _, st := range c.stalls {
-		if at := st[1]; at.After(born) && !at.After(d.fault.start) && d.fault.start.Sub(at) < 5*time.Minute {
-			return true
-		}
-	}
-	return false
-}
 
 // congestedBefore reports whether the detection's connection lived
 // through a latency spike (or, for a child server, a pause) in the five
@@ -1398,7 +1352,13 @@ func (c *chaos) congestedBefore(d *cxDetect) bool {
 			return true
 		}
 	}
-	return c.stalledBefore(d)
+	// This process held off the CPU while the connection lived, within
+	// liveness' stall memory before the fault.
+	from := d.fault.start.Add(-5 * time.Minute)
+	if born.After(from) {
+		from = born
+	}
+	return c.stalls.During(from, d.fault.start)
 }
 
 func (c *chaos) report() {
@@ -1532,8 +1492,8 @@ func (c *chaos) report() {
 			c.dur, cxServers, cxPausable, cxClients, len(c.faults), strings.Join(kinds, ", ")),
 		fmt.Sprintf("calls            %d: %d ok, %d ErrDeadReference (%d of them outstanding at an eviction), %d deadline, %d other",
 			c.calls.Load(), c.okCalls.Load(), c.deadCalls.Load(), c.outstandingFailed.Load(), c.deadlineCalls.Load(), c.otherCalls.Load()),
-		fmt.Sprintf("deadlines        max overrun %v (bound %v); %d timing bounds broken while this process stalled %d times (excused)",
-			time.Duration(c.maxOverrun.Load()).Round(time.Microsecond), cxOverrun, c.excused, len(c.stalls)),
+		fmt.Sprintf("deadlines        max overrun %v (bound %v); %d timing bounds broken while this process stalled %d times, up to %v (excused)",
+			time.Duration(c.maxOverrun.Load()).Round(time.Microsecond), cxOverrun, c.excused, c.stalls.Count(), c.stalls.Longest().Round(time.Millisecond)),
 		fmt.Sprintf("evicted refs     %d calls made on already-evicted references, slowest %v, none written",
 			c.deadRefCalls.Load(), time.Duration(c.maxDeadCall.Load()).Round(time.Microsecond)),
 		fmt.Sprintf("evictions        %d (%s); false evictions %d", total, strings.Join(causes, ", "), len(c.falseEv)),
@@ -1543,7 +1503,7 @@ func (c *chaos) report() {
 		fmt.Sprintf("one-way          %d detections, p50 %v, p99 %v, max %v",
 			len(oneWay), durQ(oneWay, .5).Round(time.Millisecond), durQ(oneWay, .99).Round(time.Millisecond), durQ(oneWay, 1).Round(time.Millisecond)),
 		fmt.Sprintf("after congestion %d detections on links that saw a latency spike, a pause or a stall of this process in the 5 minutes before (any kind of silent fault; %d stalls): p50 %v, p99 %v, max %v (bound 2s)",
-			len(stalled), len(c.stalls), durQ(stalled, .5).Round(time.Millisecond), durQ(stalled, .99).Round(time.Millisecond), durQ(stalled, 1).Round(time.Millisecond)),
+			len(stalled), c.stalls.Count(), durQ(stalled, .5).Round(time.Millisecond), durQ(stalled, .99).Round(time.Millisecond), durQ(stalled, 1).Round(time.Millisecond)),
 		fmt.Sprintf("all silent       %d detections: p50 %v, p99 %v, max %v",
 			len(alone)+len(concurrent)+len(oneWay)+len(stalled), durQ(slices.Concat(alone, concurrent, oneWay, stalled), .5).Round(time.Millisecond),
 			durQ(slices.Concat(alone, concurrent, oneWay, stalled), .99).Round(time.Millisecond), durQ(slices.Concat(alone, concurrent, oneWay, stalled), 1).Round(time.Millisecond)),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/rpc"
@@ -62,6 +63,21 @@ func TestChaosInMemory(t *testing.T) {
 		if len(violations) < 20 {
 			violations = append(violations, fmt.Sprintf(format, args...))
 		}
+	}
+	// A timing bound broken while this process was held off the CPU (a
+	// busy machine) is the machine's doing: such bounds are judged at the
+	// end, against the stalls seen.
+	stalls := ttest.WatchStalls(100 * time.Millisecond)
+	defer stalls.Stop()
+	type late struct {
+		from, to time.Time
+		msg      string
+	}
+	var lates []late
+	lateBy := func(from, to time.Time, format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		lates = append(lates, late{from, to, fmt.Sprintf(format, args...)})
 	}
 	// faults[pair] lists the windows in which the pair's link was faulted.
 	type window struct {
@@ -237,9 +253,11 @@ func TestChaosInMemory(t *testing.T) {
 				mu.Unlock()
 				switch {
 				case took > timeout+overrun:
-					violate("%s's call to %s took %v, deadline %v: %v", n.name, m.name, took, timeout, err)
-				case deadBefore && (!errors.Is(err, rpc.ErrDeadReference) || took > 10*time.Millisecond):
-					violate("%s's call on a dead reference to %s: %v after %v, want rpc.ErrDeadReference at once", n.name, m.name, err, took)
+					lateBy(t0.Add(timeout), t0.Add(took), "%s's call to %s took %v, deadline %v: %v", n.name, m.name, took, timeout, err)
+				case deadBefore && !errors.Is(err, rpc.ErrDeadReference):
+					violate("%s's call on a dead reference to %s: %v after %v, want rpc.ErrDeadReference", n.name, m.name, err, took)
+				case deadBefore && took > 10*time.Millisecond:
+					lateBy(t0, t0.Add(took), "%s's call on a dead reference to %s: %v after %v, want it at once", n.name, m.name, err, took)
 				case err != nil && !errors.Is(err, rpc.ErrDeadReference) && !errors.Is(err, context.DeadlineExceeded):
 					violate("%s's call to %s failed with %v, want rpc.ErrDeadReference or its deadline", n.name, m.name, err)
 				}
@@ -310,7 +328,7 @@ func TestChaosInMemory(t *testing.T) {
 		for i, a := range ns {
 			for _, b := range ns[i+1:] {
 				if !connected(a, b) {
-					violate("%s and %s not connected again 3s after the last heal", a.name, b.name)
+					lateBy(healed, time.Now(), "%s and %s not connected again 3s after the last heal", a.name, b.name)
 				}
 			}
 		}
@@ -346,8 +364,13 @@ func TestChaosInMemory(t *testing.T) {
 			}
 			for _, s := range sides {
 				i := slices.IndexFunc(noticed[s], func(at time.Time) bool { return !at.Before(w.start) })
-				if i < 0 || noticed[s][i].Sub(w.start) > detect {
-					violate("%s of %s-%s (%v) not noticed by %s within %v", w.kind, k[0], k[1], w.end.Sub(w.start).Round(time.Millisecond), s.at, detect)
+				if i >= 0 && noticed[s][i].Sub(w.start) > detect {
+					lates = append(lates, late{w.start, noticed[s][i], fmt.Sprintf("%s of %s-%s (%v) noticed by %s after %v, bound %v",
+						w.kind, k[0], k[1], w.end.Sub(w.start).Round(time.Millisecond), s.at, noticed[s][i].Sub(w.start).Round(time.Millisecond), detect)})
+					continue
+				}
+				if i < 0 {
+					violations = append(violations, fmt.Sprintf("%s of %s-%s (%v) not noticed by %s", w.kind, k[0], k[1], w.end.Sub(w.start).Round(time.Millisecond), s.at))
 					continue
 				}
 				took = append(took, noticed[s][i].Sub(w.start))
@@ -359,8 +382,19 @@ func TestChaosInMemory(t *testing.T) {
 	if len(took) > 0 {
 		p99 = took[min(len(took)-1, len(took)*99/100)]
 	}
-	t.Logf("in-memory chaos: %v, %d nodes; faults %v; %d calls (%d ErrDeadReference, %d deadline); %d liveness evictions; %d long cuts noticed, p99 %v; all reconnected %v after the last heal",
-		dur, nodes, kinds, calls, deadCalls, deadline, evictions, len(took), p99.Round(time.Millisecond), reconnected.Round(time.Millisecond))
+	stalls.Stop()
+	excused := 0
+	for _, l := range lates {
+		if stalls.During(l.from, l.to) {
+			excused++
+			t.Logf("during a stall of this process: %s", l.msg)
+			continue
+		}
+		violations = append(violations, l.msg)
+	}
+	t.Logf("in-memory chaos: %v, %d nodes; faults %v; %d calls (%d ErrDeadReference, %d deadline); %d liveness evictions; %d long cuts noticed, p99 %v; all reconnected %v after the last heal; %d timing bounds broken while this process stalled (%d stalls, up to %v), excused",
+		dur, nodes, kinds, calls, deadCalls, deadline, evictions, len(took), p99.Round(time.Millisecond), reconnected.Round(time.Millisecond),
+		excused, stalls.Count(), stalls.Longest().Round(time.Millisecond))
 	for _, v := range violations {
 		t.Error(v)
 	}

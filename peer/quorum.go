@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 )
 
@@ -85,20 +84,29 @@ func FirstK[T any](ctx context.Context, refs []*Peer, k int, fn func(ctx context
 		err error
 		d   time.Duration
 	}
-	done := make(chan outcome, len(cands)) // buffered: late answers never block
-	started := make([]time.Time, len(cands))
-	hedged := make([]bool, len(cands))
-	active := make([]bool, len(cands))
+	// Sized by the calls started, not by the candidates: a read over
+	// thousands of references costs what a read over a few does.
+	done := make(chan outcome, min(len(cands), 2*k))
+	finished := make(chan struct{}) // late answers never block: dropped
+	defer close(finished)
+	started := make([]time.Time, 0, k)
+	hedged := make([]bool, 0, k)
+	active := make([]bool, 0, k)
 	next, running := 0, 0
 	launch := func() {
 		i := next
 		next++
 		running++
-		active[i] = true
-		started[i] = time.Now()
+		t0 := time.Now()
+		active = append(active, true)
+		started = append(started, t0)
+		hedged = append(hedged, false)
 		go func() {
 			v, err := fn(ctx, cands[i])
-			done <- outcome{i, v, err, time.Since(started[i])}
+			select {
+			case done <- outcome{i, v, err, time.Since(t0)}:
+			case <-finished:
+			}
 		}()
 	}
 	for next < k {
@@ -143,7 +151,7 @@ func FirstK[T any](ctx context.Context, refs []*Peer, k int, fn func(ctx context
 			return results, ctx.Err()
 		}
 		// Re-arm for the oldest running call not yet hedged.
-		if wait, ok := nextHedge(started[:next], active, hedged, delay); ok && next < len(cands) {
+		if wait, ok := nextHedge(started, active, hedged, delay); ok && next < len(cands) {
 			timer.Reset(wait)
 		}
 	}
@@ -165,25 +173,25 @@ func nextHedge(started []time.Time, active, hedged []bool, delay time.Duration) 
 }
 
 // candidates orders the live references: the healthy first, then the
-// overdue, then the suspect; the dead are left out.
+// overdue, then the suspect, each in the order given; the dead are left
+// out. One pass, each reference looked at once.
 func candidates(refs []*Peer) []*Peer {
 	out := make([]*Peer, 0, len(refs))
+	var overdue, suspect []*Peer
 	for _, p := range refs {
-		if p != nil && p.Err() == nil {
+		if p == nil || p.Err() != nil {
+			continue
+		}
+		switch unwell(p) {
+		case 0:
 			out = append(out, p)
+		case 1:
+			overdue = append(overdue, p)
+		default:
+			suspect = append(suspect, p)
 		}
 	}
-	rank := func(p *Peer) int {
-		switch {
-		case p.Suspect():
-			return 2
-		case p.Overdue():
-			return 1
-		}
-		return 0
-	}
-	slices.SortStableFunc(out, func(a, b *Peer) int { return rank(a) - rank(b) })
-	return out
+	return append(append(out, overdue...), suspect...)
 }
 
 var defaultHedge = NewHedge()

@@ -31,16 +31,17 @@ const (
 )
 
 // A mass failure opens one incident: the first summary written once the
-// burst has evicted at least massMin peers, and at least one in
+// burst has evicted at least massMin distinct peers, and at least one in
 // massFraction of those the registry held when the burst began, carries the
 // incident field; no other line of the burst does. (The recorder folds
 // whatever else triggers within its window into the same incident.)
 // Losing a tenth of one's peers at once points at a fault near this node or
 // shared by many (a switch, a partition of our own side, an overloaded host),
-// for which the history the incident keeps is worth having; a lone dead peer,
-// or the churn of a large network, never opens one.
+// for which the history the incident keeps is worth having. A lone dead
+// peer, a few peers flapping, or the churn of a large network never opens
+// one: ordinary evictions are not incidents.
 const (
-	massMin      = 10
+	massMin      = 20
 	massFraction = 10
 	// incidentKey marks a log entry that opens an incident below Error
 	// (the node's incident recorder treats it as a trigger).
@@ -74,10 +75,11 @@ type fold struct {
 	mass    bool // summaries may open an incident
 
 	mu       sync.Mutex
-	burst    int       // events in the current burst, 0 if none
-	size     int       // peers the registry held when the burst began
-	opened   bool      // the burst's incident was asked for
-	last     time.Time // the burst's latest event
+	burst    int             // events in the current burst, 0 if none
+	size     int             // peers the registry held when the burst began
+	opened   bool            // the burst's incident was asked for
+	distinct map[ID]struct{} // the burst's peers, until opened (mass only)
+	last     time.Time       // the burst's latest event
 	pend     foldSummary
 	stop     func() bool // the pending summary's timer, if armed
 	timerRun sync.WaitGroup
@@ -146,8 +148,15 @@ func (f *fold) single(at time.Time, id ID, class string, calls, size int) bool {
 	}
 	if f.burst == 0 {
 		f.size, f.opened = size, false
+		clear(f.distinct)
 	}
 	f.burst++
+	if f.mass && !f.opened {
+		if f.distinct == nil {
+			f.distinct = make(map[ID]struct{})
+		}
+		f.distinct[id] = struct{}{}
+	}
 	if at.After(f.last) {
 		f.last = at
 	}
@@ -219,9 +228,10 @@ func earlier(a, b time.Time) time.Time {
 func (f *fold) takeLocked() foldSummary {
 	s := f.pend
 	f.pend = foldSummary{}
-	if f.mass && !f.opened && f.burst >= massMin && f.burst*massFraction >= f.size {
+	if n := len(f.distinct); f.mass && !f.opened && n >= massMin && n*massFraction >= f.size {
 		f.opened = true
 		s.incident = true
+		f.distinct = nil // (bounded meanwhile by size/massFraction)
 	}
 	return s
 }

@@ -243,6 +243,26 @@ func TestFoldCloseWritesPending(t *testing.T) {
 	}
 }
 
+// A few peers of a small registry flapping for long, a burst of hundreds
+// of evictions, are not a mass failure: no incident.
+func TestFoldFlappingIsNoIncident(t *testing.T) {
+	f, clock, logs := testFold(true)
+	for i := range 500 {
+		f.single(clock.Now(), ID(fmt.Sprint(i%5)), "unanswered", 0, 10)
+		clock.advance(200 * time.Millisecond)
+	}
+	clock.advance(foldQuiet)
+	f.close()
+	for _, e := range logs.AllUntimed() {
+		if _, ok := e.ContextMap()[incidentKey]; ok {
+			t.Fatalf("flapping opened an incident: %v", e.ContextMap())
+		}
+	}
+	if logs.Len() != 10 { // 100 s of storm, a summary every 10 s
+		t.Fatalf("%d summaries", logs.Len())
+	}
+}
+
 // The disconnection fold never opens an incident, however many leave.
 func TestFoldNoMass(t *testing.T) {
 	f, clock, logs := testFold(false)

@@ -45,6 +45,18 @@ type Config struct {
 	NewBackOff func() backoff.BackOff
 	// Logger receives one line per eviction (Warn; Info for a goodbye or a
 	// local close) and reconnection. Default: none.
+	//
+	// Many evictions in a short time are told in proportion: the first
+	// three of a burst get a line each, and the rest one summary line
+	// ("peers evicted": how many, the count by cause, up to ten of their
+	// IDs, the first and last time), written once no eviction has come
+	// for a second, or every ten seconds while a storm goes on. A burst
+	// ends after a second without eviction. Goodbyes are folded the same
+	// way, at Info ("peers disconnected"). Subscribers still hear of every
+	// one. A mass failure (at least 20 distinct peers, and a tenth of the
+	// registry, in one burst) marks its first summary with the field
+	// incident=true, which a node's incident recorder takes as a trigger:
+	// one incident for the storm. No other eviction makes one.
 	Logger *zap.Logger
 	// ObserveCall, if set, is told of every Peer.Call when it returns: for
 	// latency metrics. It runs on the caller's goroutine and must be quick.
@@ -293,7 +305,8 @@ func (r *Registry) Get(id ID) (*Peer, bool) {
 	return p, ok
 }
 
-// List returns the current references, in no particular order.
+// List returns the current references, in no particular order. It copies
+// every one: to pick a few of many peers, Sample costs less.
 func (r *Registry) List() []*Peer {
 	r.mu.Lock()
 	defer r.mu.Unlock()

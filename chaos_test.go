@@ -25,6 +25,7 @@ import (
 	"github.com/tetherrpc/tether/incident"
 	"github.com/tetherrpc/tether/incident/logport"
 	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -81,6 +82,8 @@ import (
 // TETHER_CHAOS sets the duration (default 20s; "10m" for the long run, in
 // which outages last up to 20 s and pauses up to 8 s, past the hang
 // bound). The figures are logged at the end.
+
+func init() { ttnode.ServeChild() }
 
 func chaosDuration() (time.Duration, bool) {
 	if d, err := time.ParseDuration(os.Getenv("TETHER_CHAOS")); err == nil && d > 0 {
@@ -347,7 +350,7 @@ func (c *chaos) run() {
 		c.byAddr[s.addr] = s.name
 	}
 	for i := range cxPausable {
-		addr, child := childNode(t)
+		addr, child := ttnode.StartChild(t)
 		_, ps, _ := net.SplitHostPort(addr)
 		port, _ := strconv.Atoi(ps)
 		k := &cxChild{idx: i, name: fmt.Sprintf("P%d", i), addr: addr, port: port, proc: child}

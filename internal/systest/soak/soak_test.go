@@ -1,10 +1,9 @@
-package tether_test
+package soak
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -16,10 +15,10 @@ import (
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
-	"github.com/tetherrpc/tether/rpc"
 )
 
 // The false-eviction soak: under each adverse condition, a busy
@@ -34,47 +33,7 @@ func soakWindow() time.Duration {
 	return 6 * time.Second
 }
 
-// serveTestMethods registers what the soak traffic calls.
-func serveTestMethods(n *tether.Node) {
-	n.Handle("echo", rpc.Func(echo))
-	n.HandleStream("sink", rpc.StreamFunc(func(ctx context.Context, s *rpc.Stream) error {
-		_, err := io.Copy(io.Discard, s)
-		return err
-	}))
-}
-
-// childNode runs a node in a child process (so that it can be paused with
-// SIGSTOP) and returns its address and the child.
-func childNode(t *testing.T) (addr string, child *ttest.Child) {
-	t.Helper()
-	child = ttest.StartChild(t, "node")
-	line := child.ReadLine(t)
-	addr, ok := strings.CutPrefix(line, "ADDR ")
-	if !ok {
-		t.Fatalf("child node: %q", line)
-	}
-	return addr, child
-}
-
-// runChildNode is the child's side: serve until stdin closes.
-func runChildNode() int {
-	n, err := tether.Listen("127.0.0.1:0")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	serveTestMethods(n)
-	fmt.Printf("ADDR %s\n", n.Addr())
-	io.Copy(io.Discard, os.Stdin)
-	n.Close()
-	return 0
-}
-
-func init() {
-	if ttest.Role() == "node" {
-		os.Exit(runChildNode())
-	}
-}
+func init() { ttnode.ServeChild() }
 
 // traffic makes calls with random sizes, in bursts separated by quiet
 // stretches (so that probes run too), until ctx ends. It counts failures.
@@ -107,12 +66,12 @@ type soakRig struct {
 	a    *tether.Node
 	p    *peer.Peer
 	port int
-	ev   *events
+	ev   *ttnode.Events
 }
 
 func newSoakRig(t *testing.T, addr string) *soakRig {
-	a := node(t)
-	ev := subscribe(t, a.Peers())
+	a := ttnode.Start(t)
+	ev := ttnode.Subscribe(t, a.Peers())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	p, err := a.Dial(ctx, addr)
@@ -147,8 +106,8 @@ func (r *soakRig) soak(t *testing.T, what string, extra func(ctx context.Context
 	wg.Wait()
 	st := r.a.Peers().Monitor().Stats()
 	t.Logf("%s: %v soak, %d calls, %d failed, %d probes, %d late checks, %d evictions",
-		what, window, calls.Load(), failures.Load(), st.Probes, st.LateChecks, r.ev.count(peer.Disconnected))
-	if n := r.ev.count(peer.Disconnected); n != 0 {
+		what, window, calls.Load(), failures.Load(), st.Probes, st.LateChecks, r.ev.Count(peer.Disconnected))
+	if n := r.ev.Count(peer.Disconnected); n != 0 {
 		t.Fatalf("%s: %d false evictions: %v", what, n, r.p.Err())
 	}
 	if failures.Load() != 0 {
@@ -161,7 +120,7 @@ func (r *soakRig) soak(t *testing.T, what string, extra func(ctx context.Context
 		t.Fatal(err)
 	}
 	defer heal()
-	d := r.ev.next(t, peer.Disconnected, 10*time.Second)
+	d := r.ev.Next(t, peer.Disconnected, 10*time.Second)
 	took := time.Since(t0)
 	t.Logf("%s: a real silent partition was noticed after %v (%v)", what, took, d.Cause)
 	if !errors.Is(d.Cause, liveness.ErrMissedHeartbeats) || took > 2*time.Second {
@@ -174,8 +133,8 @@ func TestNoFalseEvictionLossyLink(t *testing.T) {
 	if !partition.Isolated(t) {
 		return
 	}
-	b := node(t)
-	serveTestMethods(b)
+	b := ttnode.Start(t)
+	ttnode.ServeTestMethods(b)
 	r := newSoakRig(t, b.Addr().String())
 	heal, err := partition.Loss(r.port, 0.05)
 	if err != nil {
@@ -191,8 +150,8 @@ func TestNoFalseEvictionSlowLink(t *testing.T) {
 	if !partition.Isolated(t) {
 		return
 	}
-	b := node(t)
-	serveTestMethods(b)
+	b := ttnode.Start(t)
+	ttnode.ServeTestMethods(b)
 	r := newSoakRig(t, b.Addr().String())
 	// A real 1 Mbit/s link carries 1500-byte packets; loopback's 64 KiB
 	// ones would take half a second each.
@@ -231,7 +190,7 @@ func TestNoFalseEvictionPausedPeer(t *testing.T) {
 	if !partition.Isolated(t) {
 		return
 	}
-	addr, child := childNode(t)
+	addr, child := ttnode.StartChild(t)
 	r := newSoakRig(t, addr)
 	pauses := 0
 	r.soak(t, "peer paused 200ms at random", func(ctx context.Context) {
@@ -263,8 +222,8 @@ func TestNoFalseEvictionCPULoad(t *testing.T) {
 		}
 		t.Cleanup(func() { hog.Process.Kill(); hog.Wait() })
 	}
-	b := node(t)
-	serveTestMethods(b)
+	b := ttnode.Start(t)
+	ttnode.ServeTestMethods(b)
 	r := newSoakRig(t, b.Addr().String())
 	r.soak(t, "full CPU load", nil)
 }

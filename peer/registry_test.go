@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -208,5 +209,45 @@ func TestSample(t *testing.T) {
 	}
 	if all := f.r.Sample(1000); len(all) > 20 {
 		t.Fatalf("Sample(1000) of 20 live peers returned %d", len(all))
+	}
+}
+
+// Dial returns the live reference it dialed to an address, found without
+// a scan of the registry; once that reference dies, it dials again. A
+// connection the peer dialed is not one this side dialed.
+func TestDialReusesByAddress(t *testing.T) {
+	dials := map[string]int{}
+	r := registry(t, Config{Dial: func(ctx context.Context, addr string) (*rpc.Conn, error) {
+		dials[addr]++
+		ours, _ := conns(t, fmt.Sprintf("%s-%d", addr, dials[addr]), nil)
+		return ours, nil
+	}})
+	ctx := context.Background()
+	a1, err := r.Dial(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a2, _ := r.Dial(ctx, "a"); a2 != a1 || dials["a"] != 1 {
+		t.Fatalf("second Dial: %v (first %v), %d dials", a2, a1, dials["a"])
+	}
+	b, _ := r.Dial(ctx, "b")
+	if b == a1 || dials["b"] != 1 {
+		t.Fatal("Dial of another address")
+	}
+	in, _ := conns(t, "c-peer", nil)
+	if _, err := r.Add(in, "c", false); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := r.Dial(ctx, "c"); !c.Dialed() || dials["c"] != 1 {
+		t.Fatalf("Dial reused a connection the peer dialed: %v", c)
+	}
+	a1.Evict(nil)
+	<-a1.Done()
+	a3, _ := r.Dial(ctx, "a")
+	if a3 == a1 || a3.Err() != nil || dials["a"] != 2 {
+		t.Fatalf("Dial after the eviction: %v, %d dials", a3, dials["a"])
+	}
+	if got := len(r.Sample(10)); got != 4 {
+		t.Fatalf("Sample found %d of 4 live references (a, b, c both ways)", got)
 	}
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,20 +13,12 @@ import (
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
-
-func portOf(t testing.TB, n *tether.Node) int {
-	_, p, err := net.SplitHostPort(n.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, _ := strconv.Atoi(p)
-	return port
-}
 
 // The heart of tether: a real silent partition (iptables DROP in a private
 // network namespace) with hundreds of calls outstanding. The peer is evicted
@@ -59,7 +49,7 @@ func TestSilentPartitionKernel(t *testing.T) {
 	time.Sleep(600 * time.Millisecond) // an idle stretch: a few probes teach a the round trip
 
 	t0 := time.Now()
-	heal, err := partition.DropPort(portOf(t, b))
+	heal, err := partition.DropPort(ttnode.Port(t, b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +113,7 @@ func TestSilentPartitionDetectionTimes(t *testing.T) {
 	if !partition.Isolated(t) {
 		return
 	}
-	trials := envInt("TETHER_TRIALS", 8)
+	trials := ttnode.EnvInt("TETHER_TRIALS", 8)
 	if testing.Short() {
 		trials = 2
 	}
@@ -155,7 +145,7 @@ func TestSilentPartitionDetectionTimes(t *testing.T) {
 			}
 			time.Sleep(time.Duration(i) * time.Second / time.Duration(trials))
 			t0 := time.Now()
-			heal, err := partition.DropPort(portOf(t, b))
+			heal, err := partition.DropPort(ttnode.Port(t, b))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -221,7 +211,7 @@ func TestFirstKWithSilentPeer(t *testing.T) {
 		ev.next(t, peer.Disconnected, 10*time.Second)
 		evicted.Store(true)
 	}()
-	heal, err := partition.DropPort(portOf(t, nodes[0]))
+	heal, err := partition.DropPort(ttnode.Port(t, nodes[0]))
 	if err != nil {
 		t.Fatal(err)
 	}

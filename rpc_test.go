@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -317,13 +316,6 @@ func TestGoodbyeAndReconnect(t *testing.T) {
 func waitFor(t testing.TB, cond func() bool, what string) {
 	t.Helper()
 	ttest.WaitFor(t, 10*time.Second, cond, what)
-}
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
-	}
-	return def
 }
 
 // A storm of failures makes no incident when it is a dead peer (logged at

@@ -87,20 +87,6 @@ func pattern(n, seed int) []byte {
 	return b
 }
 
-// within returns what ch yields within d, and whether it did; d is a bound,
-// not a sleep.
-func within[T any](ch <-chan T, d time.Duration) (T, bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case v := <-ch:
-		return v, true
-	case <-t.C:
-		var zero T
-		return zero, false
-	}
-}
-
 func portOf(t *testing.T, addr net.Addr) int {
 	t.Helper()
 	_, p, err := net.SplitHostPort(addr.String())

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/partition"
 )
 
@@ -48,7 +49,7 @@ func TestNetworkCloseReleasesEverything(t *testing.T) {
 	start("accept", func() error { _, err := ln.Accept(); return err })
 	start("dial", func() error { _, err := n.Host("a").Dial(context.Background(), "b:80"); return err })
 	for name, ch := range calls {
-		if err, ok := within(ch, 10*time.Millisecond); ok {
+		if err, ok := ttest.Within(ch, 10*time.Millisecond); ok {
 			t.Fatalf("%s returned %v before Close", name, err)
 		}
 	}
@@ -57,7 +58,7 @@ func TestNetworkCloseReleasesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, ch := range calls {
-		if err, ok := within(ch, 2*time.Second); !ok || !errors.Is(err, net.ErrClosed) {
+		if err, ok := ttest.Within(ch, 2*time.Second); !ok || !errors.Is(err, net.ErrClosed) {
 			t.Errorf("blocked %s after Network.Close = %v (returned: %v); want net.ErrClosed", name, err, ok)
 		}
 	}

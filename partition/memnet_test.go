@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/partition"
 )
 
@@ -113,7 +114,7 @@ func TestBlockedWriteDrainsAsPeerReads(t *testing.T) {
 	if got := readN(t, server, len(data), 2*time.Second); !bytes.Equal(got, data) {
 		t.Fatal("data written in pieces arrived changed")
 	}
-	if err, ok := within(res, 2*time.Second); !ok || err != nil {
+	if err, ok := ttest.Within(res, 2*time.Second); !ok || err != nil {
 		t.Fatalf("write = %v (returned: %v)", err, ok)
 	}
 }
@@ -135,19 +136,19 @@ func TestDeadlineSetWhileBlockedWakesTheCall(t *testing.T) {
 		_, err := server.Read(make([]byte, 8))
 		readErr <- err
 	}()
-	if err, ok := within(writeErr, 50*time.Millisecond); ok {
+	if err, ok := ttest.Within(writeErr, 50*time.Millisecond); ok {
 		t.Fatalf("write into full cut link returned %v; want it to block", err)
 	}
-	if err, ok := within(readErr, 10*time.Millisecond); ok {
+	if err, ok := ttest.Within(readErr, 10*time.Millisecond); ok {
 		t.Fatalf("read across cut link returned %v; want it to block", err)
 	}
 
 	client.SetWriteDeadline(time.Now().Add(20 * time.Millisecond))
-	if err, ok := within(writeErr, 2*time.Second); !ok || !isTimeout(err) {
+	if err, ok := ttest.Within(writeErr, 2*time.Second); !ok || !isTimeout(err) {
 		t.Fatalf("blocked write after SetWriteDeadline = %v (returned: %v); want a timeout", err, ok)
 	}
 	server.SetReadDeadline(time.Now()) // already passed
-	if err, ok := within(readErr, 2*time.Second); !ok || !isTimeout(err) {
+	if err, ok := ttest.Within(readErr, 2*time.Second); !ok || !isTimeout(err) {
 		t.Fatalf("blocked read after SetReadDeadline = %v (returned: %v); want a timeout", err, ok)
 	}
 }
@@ -347,14 +348,14 @@ func TestCloseEndsLocalCalls(t *testing.T) {
 		_, err := client.Write([]byte("more"))
 		writeErr <- err
 	}()
-	if _, ok := within(readErr, 20*time.Millisecond); ok {
+	if _, ok := ttest.Within(readErr, 20*time.Millisecond); ok {
 		t.Fatal("read returned before Close")
 	}
 	if err := client.Close(); err != nil {
 		t.Fatal(err)
 	}
 	for name, ch := range map[string]chan error{"read": readErr, "write": writeErr} {
-		if err, ok := within(ch, 2*time.Second); !ok || !errors.Is(err, net.ErrClosed) {
+		if err, ok := ttest.Within(ch, 2*time.Second); !ok || !errors.Is(err, net.ErrClosed) {
 			t.Errorf("blocked %s after Close = %v (returned: %v); want net.ErrClosed", name, err, ok)
 		}
 	}
@@ -430,11 +431,11 @@ func TestDialCompletesAfterHeal(t *testing.T) {
 		c, err := n.Host("a").Dial(context.Background(), "b:80")
 		dialed <- result{c, err}
 	}()
-	if _, ok := within(dialed, 50*time.Millisecond); ok {
+	if _, ok := ttest.Within(dialed, 50*time.Millisecond); ok {
 		t.Fatal("Dial across a cut returned")
 	}
 	n.Heal("a", "b")
-	r, ok := within(dialed, 2*time.Second)
+	r, ok := ttest.Within(dialed, 2*time.Second)
 	if !ok || r.err != nil {
 		t.Fatalf("Dial after heal = %v (returned: %v)", r.err, ok)
 	}
@@ -552,16 +553,16 @@ func TestListenerClose(t *testing.T) {
 			accepted <- nil
 		}
 	}()
-	if err, ok := within(accepted, time.Second); !ok || err != nil {
+	if err, ok := ttest.Within(accepted, time.Second); !ok || err != nil {
 		t.Fatalf("Accept of the queued conn = %v (returned: %v)", err, ok)
 	}
-	if err, ok := within(accepted, 20*time.Millisecond); ok {
+	if err, ok := ttest.Within(accepted, 20*time.Millisecond); ok {
 		t.Fatalf("Accept with nothing queued returned %v", err)
 	}
 	if err := ln.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err, ok := within(accepted, 2*time.Second); !ok || !errors.Is(err, net.ErrClosed) {
+	if err, ok := ttest.Within(accepted, 2*time.Second); !ok || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("blocked Accept after Close = %v (returned: %v); want net.ErrClosed", err, ok)
 	}
 	if err := ln.Close(); !errors.Is(err, net.ErrClosed) {

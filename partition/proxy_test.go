@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/partition"
 )
 
@@ -61,7 +62,7 @@ func (s *tcpServer) close() {
 // accept returns the server's next connection, failing t after d.
 func (s *tcpServer) accept(t *testing.T, d time.Duration) net.Conn {
 	t.Helper()
-	c, ok := within(s.conns, d)
+	c, ok := ttest.Within(s.conns, d)
 	if !ok {
 		t.Fatalf("target accepted no connection within %v", d)
 	}
@@ -152,7 +153,7 @@ func TestProxyBlackholeDefersNewConnections(t *testing.T) {
 	p.Blackhole()
 	client := dialProxy(t, p) // the proxy's kernel completes the handshake
 	write(t, client, "early")
-	if c, ok := within(srv.conns, 200*time.Millisecond); ok {
+	if c, ok := ttest.Within(srv.conns, 200*time.Millisecond); ok {
 		c.Close()
 		t.Fatal("the target got a connection through a blackholed proxy")
 	}
@@ -228,7 +229,7 @@ func TestProxyResetWhileBlackholed(t *testing.T) {
 	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("client read after Reset = %v; want ECONNRESET", err)
 	}
-	if c, ok := within(srv.conns, 100*time.Millisecond); ok {
+	if c, ok := ttest.Within(srv.conns, 100*time.Millisecond); ok {
 		c.Close()
 		t.Fatal("a connection reset before it was forwarded reached the target")
 	}
@@ -275,7 +276,7 @@ func TestProxyCloseLeaksNothing(t *testing.T) {
 
 	closed := make(chan error, 1)
 	go func() { closed <- p.Close() }()
-	if err, ok := within(closed, 5*time.Second); !ok || err != nil {
+	if err, ok := ttest.Within(closed, 5*time.Second); !ok || err != nil {
 		t.Fatalf("Close = %v (returned: %v)", err, ok)
 	}
 	if n := p.Conns(); n != 0 {

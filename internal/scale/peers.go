@@ -70,15 +70,17 @@ func Child(systems ...System) {
 
 // runPeers opens n connections to addr and reports "DIALED ok retries
 // failed" on out. Until in says "SETTLED" it redials any connection that
-// dies (the server may cut off a handshake the client saw complete), then
-// reports "SETTLED redials" and keeps the connections idle; when in ends,
-// it closes them. It returns the exit code.
+// dies (the server may cut off a handshake the client saw complete); then
+// it stops dialling, reports "SETTLED redials" and keeps the connections
+// idle. When in ends, it closes them. It returns the exit code.
 func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer) int {
 	if err := RaiseFileLimit(n + 1024); err != nil {
 		fmt.Fprintln(os.Stderr, "scale peers:", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	dialCtx, stopDialling := context.WithCancel(ctx)
+	defer stopDialling()
 	settled := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(in)
@@ -87,6 +89,7 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 			if sc.Text() == "SETTLED" && !once {
 				once = true
 				close(settled)
+				stopDialling()
 			}
 		}
 		cancel() // standard input ended: the node is done, or gave up
@@ -99,18 +102,24 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 	if conc > 0 {
 		sem = make(chan struct{}, conc)
 	}
-	// dial makes one connection, with retries; nil if it gave up.
+	// dial makes one connection, with retries; nil if it gave up or was
+	// told to stop.
 	dial := func() io.Closer {
 		for a := range dialAttempts {
-			if ctx.Err() != nil {
-				return nil
-			}
 			if a > 0 {
 				retries.Add(1)
 				d := min(dialBackoffBase<<a, dialBackoffMax)
-				time.Sleep(d/2 + rand.N(d/2))
+				t := time.NewTimer(d/2 + rand.N(d/2))
+				select {
+				case <-t.C:
+				case <-dialCtx.Done():
+					t.Stop()
+				}
 			}
-			dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
+			if dialCtx.Err() != nil {
+				return nil
+			}
+			dctx, dcancel := context.WithTimeout(dialCtx, dialTimeout)
 			c, err := sys.Dial(dctx, addr)
 			dcancel()
 			if err == nil {
@@ -121,14 +130,18 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 		return nil
 	}
 	var initial, all sync.WaitGroup
-	initial.Add(n)
 	for i := range n {
 		if sem != nil {
 			select {
 			case sem <- struct{}{}:
-			case <-ctx.Done():
+			case <-dialCtx.Done():
 			}
 		}
+		if dialCtx.Err() != nil {
+			failed.Add(int64(n - i)) // never dialled
+			break
+		}
+		initial.Add(1)
 		all.Go(func() {
 			c := dial()
 			if sem != nil {
@@ -151,9 +164,7 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 				}
 				select {
 				case <-done:
-				case <-settled:
-					return
-				case <-ctx.Done():
+				case <-dialCtx.Done():
 					return
 				}
 				redials.Add(1)
@@ -168,12 +179,12 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 	fmt.Fprintf(out, "DIALED %d %d %d\n", int64(n)-failed.Load(), retries.Load(), failed.Load())
 	select {
 	case <-settled:
-		all.Wait()
+		all.Wait() // bounded: every dial and backoff ends with dialCtx
 		fmt.Fprintf(out, "SETTLED %d\n", redials.Load())
 	case <-ctx.Done():
 	}
 	<-ctx.Done()
-	all.Wait() // bounded: every dial and backoff ends with ctx
+	all.Wait()
 
 	closed := make(chan struct{})
 	go func() {
@@ -203,11 +214,15 @@ type peersProc struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	done  chan struct{} // closed when the process has ended
-	lines chan string   // its standard output
 	werr  error         // its exit status, once done
 
+	dialedCh  chan struct{} // closed when dialed is set
+	settledCh chan struct{} // closed when redials is set
+	dialed    dialStats
+	redials   int
+
 	mu      sync.Mutex
-	dialed  *dialStats
+	told    bool // SETTLED sent
 	stopped bool
 }
 
@@ -235,20 +250,32 @@ func startPeers(ctx context.Context, sys, addr string, n, conc int) (*peersProc,
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("scale: starting the peers process: %w", err)
 	}
-	p := &peersProc{cmd: cmd, stdin: stdin, done: make(chan struct{}), lines: make(chan string, 16)}
+	p := &peersProc{cmd: cmd, stdin: stdin, done: make(chan struct{}),
+		dialedCh: make(chan struct{}), settledCh: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			select {
-			case p.lines <- sc.Text():
-			default: // nobody reads more than the first lines
+			var st dialStats
+			var r int
+			switch {
+			case scanLine(sc.Text(), "DIALED %d %d %d", &st.ok, &st.retries, &st.failed):
+				p.dialed = st
+				close(p.dialedCh)
+			case scanLine(sc.Text(), "SETTLED %d", &r):
+				p.redials = r
+				close(p.settledCh)
 			}
 		}
-		close(p.lines)
 		p.werr = cmd.Wait()
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// scanLine parses line with format and reports whether all of it matched.
+func scanLine(line, format string, args ...any) bool {
+	n, err := fmt.Sscanf(line, format, args...)
+	return err == nil && n == len(args)
 }
 
 // exited reports whether the peers process has ended.
@@ -263,27 +290,19 @@ func (p *peersProc) exited() bool {
 
 // dialStats waits up to d for the peers process's report of its dials.
 func (p *peersProc) dialStats(d time.Duration) (dialStats, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.dialed != nil {
-		return *p.dialed, true
-	}
 	t := time.NewTimer(d)
 	defer t.Stop()
-	for {
-		select {
-		case line, ok := <-p.lines:
-			if !ok {
-				return dialStats{}, false
-			}
-			var st dialStats
-			if _, err := fmt.Sscanf(line, "DIALED %d %d %d", &st.ok, &st.retries, &st.failed); err == nil {
-				p.dialed = &st
-				return st, true
-			}
-		case <-t.C:
-			return dialStats{}, false
-		}
+	select {
+	case <-p.dialedCh:
+		return p.dialed, true
+	case <-p.done:
+	case <-t.C:
+	}
+	select {
+	case <-p.dialedCh:
+		return p.dialed, true
+	default:
+		return dialStats{}, false
 	}
 }
 
@@ -326,26 +345,31 @@ func doneOf(c io.Closer) <-chan struct{} {
 	return nil
 }
 
-// settle tells the peers process that all peers are registered (it stops
-// redialling) and returns how many connections it had to redial, waiting up
-// to d for the answer.
+// settle tells the peers process to stop dialling and redialling, and
+// returns how many connections it redialled, waiting up to d for the
+// answer.
 func (p *peersProc) settle(d time.Duration) (redials int, ok bool) {
-	if _, err := io.WriteString(p.stdin, "SETTLED\n"); err != nil {
-		return 0, false
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		select {
-		case line, ok := <-p.lines:
-			if !ok {
-				return 0, false
-			}
-			if _, err := fmt.Sscanf(line, "SETTLED %d", &redials); err == nil {
-				return redials, true
-			}
-		case <-t.C:
+	p.mu.Lock()
+	if !p.told {
+		p.told = true
+		if _, err := io.WriteString(p.stdin, "SETTLED\n"); err != nil {
+			p.mu.Unlock()
 			return 0, false
 		}
+	}
+	p.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.settledCh:
+		return p.redials, true
+	case <-p.done:
+	case <-t.C:
+	}
+	select {
+	case <-p.settledCh:
+		return p.redials, true
+	default:
+		return 0, false
 	}
 }

@@ -28,6 +28,9 @@ func WriteTable(w io.Writer, results []*Result) error {
 	fmt.Fprintln(tw, strings.Join(head, "\t")+"\t")
 	row("peers registered", func(r *Result) string { return fmt.Sprintf("%d of %d", r.Connected, r.Peers) })
 	row("connect, dialled "+atOnce(results[0].DialConcurrency), func(r *Result) string {
+		if r.Connected < r.Peers {
+			return fmt.Sprintf("not all in %.0f s (%d retries, %d redials)", r.ConnectSec, r.DialRetries, r.Redials)
+		}
 		return fmt.Sprintf("%.2f s (%d retries, %d redials)", r.ConnectSec, r.DialRetries, r.Redials)
 	})
 	row("CPU while idle, of one core", func(r *Result) string {

@@ -202,8 +202,11 @@ type Result struct {
 // Run measures sys at cfg.Peers idle peers. The peers process is this
 // binary re-executed; it must call Child first thing (see Child). Run
 // returns an error, with what was measured until then, if a phase could
-// not be completed: fewer peers connected than asked, or the peers process
-// failed. Bounds on the figures are the caller's to check.
+// not be completed or the peers process failed. If fewer peers than asked
+// were registered within cfg.ConnectTimeout, it measures the rest on
+// those that were (the per-peer figures are divided by their number) and
+// returns an error saying so. Bounds on the figures are the caller's to
+// check.
 func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 	cfg.defaults()
 	var connectErr error // fewer peers registered than asked: reported, but the rest is measured

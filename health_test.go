@@ -17,6 +17,7 @@ import (
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -149,7 +150,7 @@ func TestDrainLosesNoCall(t *testing.T) {
 	}))
 	srv := httptest.NewServer(b.Health())
 	defer srv.Close()
-	ev := subscribe(t, a.Peers())
+	ev := ttnode.Subscribe(t, a.Peers())
 	p := dial(t, a, b)
 	var wg sync.WaitGroup
 	var failed atomic.Int64
@@ -183,7 +184,7 @@ func TestDrainLosesNoCall(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Fatalf("%d calls lost in the drain", failed.Load())
 	}
-	d := ev.next(t, peer.Disconnected, 5*time.Second)
+	d := ev.Next(t, peer.Disconnected, 5*time.Second)
 	lag := d.Time.Sub(time.Unix(0, lastOK.Load()))
 	t.Logf("peer evicted the drained node %v after its last call returned (cause %v)", lag, d.Cause)
 	if !errors.Is(d.Cause, rpc.ErrPeerLeft) || lag > ttest.Scaled(100*time.Millisecond) {

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -75,7 +76,7 @@ func TestMetricsOverHTTP(t *testing.T) {
 	b.Handle("echo", rpc.Func(echo))
 	srv := httptest.NewServer(a.Health())
 	defer srv.Close()
-	ev := subscribe(t, a.Peers())
+	ev := ttnode.Subscribe(t, a.Peers())
 
 	p := dial(t, a, b)
 	for range 10 {
@@ -117,7 +118,7 @@ func TestMetricsOverHTTP(t *testing.T) {
 	}
 
 	a.Peers().Evict(p.ID(), errors.New("operator"))
-	ev.next(t, peer.Disconnected, 5e9)
+	ev.Next(t, peer.Disconnected, 5e9)
 	fams = scrape(t, srv.URL)
 	if v, _ := value(fams, "tether_evictions_total", map[string]string{"cause": "other"}); v != 1 {
 		t.Errorf("evictions{cause=other} = %v", v)

@@ -33,11 +33,11 @@ func TestSilentPartitionKernel(t *testing.T) {
 	a := node(t, tether.WithLogger(zl)) // default heartbeat: 250 ms
 	b := node(t, tether.WithRPCConfig(rpc.Config{MaxConcurrentCalls: 5000}))
 	running, cancelled := hold(b)
-	ev := subscribe(t, a.Peers())
-	evb := subscribe(t, b.Peers())
+	ev := ttnode.Subscribe(t, a.Peers())
+	evb := ttnode.Subscribe(t, b.Peers())
 	stop := a.Peers().Keep(b.Addr().String())
 	defer stop()
-	p := ev.next(t, peer.Connected, 5*time.Second).Peer
+	p := ev.Next(t, peer.Connected, 5*time.Second).Peer
 	waitFor(t, func() bool { _, ok := b.Peers().Get(a.ID()); return ok }, "b to register a")
 
 	const n = 500
@@ -53,7 +53,7 @@ func TestSilentPartitionKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := ev.next(t, peer.Disconnected, 10*time.Second)
+	d := ev.Next(t, peer.Disconnected, 10*time.Second)
 	detect := time.Since(t0)
 	var v *liveness.Verdict
 	if !errors.As(d.Cause, &v) || v.Kind != liveness.Silent || d.Calls != n {
@@ -74,7 +74,7 @@ func TestSilentPartitionKernel(t *testing.T) {
 		}
 	}
 	// b, cut off too, evicts a by itself and cancels the handlers serving it.
-	db := evb.next(t, peer.Disconnected, 10*time.Second)
+	db := evb.Next(t, peer.Disconnected, 10*time.Second)
 	if !errors.Is(db.Cause, liveness.ErrMissedHeartbeats) {
 		t.Fatalf("b's eviction of a: %v", db.Cause)
 	}
@@ -94,7 +94,7 @@ func TestSilentPartitionKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t1 := time.Now()
-	c := ev.next(t, peer.Connected, 20*time.Second)
+	c := ev.Next(t, peer.Connected, 20*time.Second)
 	if !c.Reconnect || c.ID != b.ID() {
 		t.Fatalf("reconnect %+v", c)
 	}
@@ -136,7 +136,7 @@ func TestSilentPartitionDetectionTimes(t *testing.T) {
 		for i := range trials {
 			b := node(t)
 			b.Handle("ping", rpc.Func(echo))
-			ev := subscribe(t, a.Peers())
+			ev := ttnode.Subscribe(t, a.Peers())
 			p := dial(t, a, b)
 			// Traffic, then quiet for a random part of a keepalive period,
 			// as real partitions come at any phase of the probe cycle.
@@ -149,7 +149,7 @@ func TestSilentPartitionDetectionTimes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ev.next(t, peer.Disconnected, 10*time.Second)
+			ev.Next(t, peer.Disconnected, 10*time.Second)
 			times = append(times, time.Since(t0))
 			heal()
 			b.Close()
@@ -180,7 +180,7 @@ func TestFirstKWithSilentPeer(t *testing.T) {
 		nodes = append(nodes, s)
 		refs = append(refs, dial(t, client, s))
 	}
-	ev := subscribe(t, client.Peers())
+	ev := ttnode.Subscribe(t, client.Peers())
 	read := func() (time.Duration, error) {
 		t0 := time.Now()
 		_, err := peer.FirstK(context.Background(), refs, 3, func(ctx context.Context, p *peer.Peer) ([]byte, error) {
@@ -208,7 +208,7 @@ func TestFirstKWithSilentPeer(t *testing.T) {
 
 	var evicted atomic.Bool
 	go func() {
-		ev.next(t, peer.Disconnected, 10*time.Second)
+		ev.Next(t, peer.Disconnected, 10*time.Second)
 		evicted.Store(true)
 	}()
 	heal, err := partition.DropPort(ttnode.Port(t, nodes[0]))

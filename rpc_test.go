@@ -21,6 +21,7 @@ import (
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -28,29 +29,22 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// node starts a node on loopback, closed at the end of the test.
+// The helpers the tests of this package share, as the system tests have
+// them (ttnode).
+
 func node(t testing.TB, opts ...tether.Option) *tether.Node {
 	t.Helper()
-	n, err := tether.Listen("127.0.0.1:0", opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	return n
+	return ttnode.Start(t, opts...)
 }
 
 func dial(t testing.TB, from, to *tether.Node) *peer.Peer {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	p, err := from.Dial(ctx, to.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return ttnode.Dial(t, from, to)
 }
 
-func echo(ctx context.Context, req []byte) ([]byte, error) { return req, nil }
+func echo(ctx context.Context, req []byte) ([]byte, error) { return ttnode.Echo(ctx, req) }
+
+func observed() (*zap.Logger, *observer.ObservedLogs) { return ttnode.Observed() }
 
 // Two nodes call each other over one connection.
 func TestTwoNodesCallEachOther(t *testing.T) {
@@ -113,59 +107,6 @@ func TestStreamsCarryBulkData(t *testing.T) {
 	}
 }
 
-// observed returns a logger that records Info and above.
-func observed() (*zap.Logger, *observer.ObservedLogs) {
-	core, logs := observer.New(zapcore.InfoLevel)
-	return zap.New(core), logs
-}
-
-// events collects a registry's events.
-type events struct {
-	mu sync.Mutex
-	ev []peer.Event
-	ch chan peer.Event
-}
-
-func subscribe(t testing.TB, r *peer.Registry) *events {
-	e := &events{ch: make(chan peer.Event, 1024)}
-	cancel := r.Subscribe(func(ev peer.Event) {
-		e.mu.Lock()
-		e.ev = append(e.ev, ev)
-		e.mu.Unlock()
-		e.ch <- ev
-	})
-	t.Cleanup(cancel)
-	return e
-}
-
-// next waits for the next event of the given kind.
-func (e *events) next(t testing.TB, kind peer.EventKind, d time.Duration) peer.Event {
-	t.Helper()
-	deadline := time.After(d)
-	for {
-		select {
-		case ev := <-e.ch:
-			if ev.Kind == kind {
-				return ev
-			}
-		case <-deadline:
-			t.Fatalf("no %v event within %v", kind, d)
-		}
-	}
-}
-
-func (e *events) count(kind peer.EventKind) int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	n := 0
-	for _, ev := range e.ev {
-		if ev.Kind == kind {
-			n++
-		}
-	}
-	return n
-}
-
 // holdMux makes b serve "hold": it blocks until its context ends, and
 // reports cancellations.
 func hold(n *tether.Node) (running *atomic.Int64, cancelled chan struct{}) {
@@ -191,7 +132,7 @@ func TestEvictionFailsOutstandingCallsAtOnce(t *testing.T) {
 	b := node(t, tether.WithRPCConfig(rpc.Config{MaxConcurrentCalls: 20_000}))
 	running, cancelled := hold(b)
 	p := dial(t, a, b)
-	ev := subscribe(t, a.Peers())
+	ev := ttnode.Subscribe(t, a.Peers())
 
 	const n = 10_000
 	errs := make(chan error, n)
@@ -243,7 +184,7 @@ func TestEvictionFailsOutstandingCallsAtOnce(t *testing.T) {
 		t.Errorf("a call on an evicted reference took %v, floor 10µs", per)
 	}
 
-	d := ev.next(t, peer.Disconnected, 5*time.Second)
+	d := ev.Next(t, peer.Disconnected, 5*time.Second)
 	if d.ID != b.ID() || d.Calls != n || !errors.Is(d.Cause, cause) {
 		t.Fatalf("disconnect event %+v", d)
 	}
@@ -257,7 +198,7 @@ func TestEvictionFailsOutstandingCallsAtOnce(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond) // let any stray second event or log line arrive
 	a.Logger().Sync()
-	if c := ev.count(peer.Disconnected); c != 1 {
+	if c := ev.Count(peer.Disconnected); c != 1 {
 		t.Fatalf("%d disconnect events, want 1", c)
 	}
 	warns := logs.FilterLevelExact(zapcore.WarnLevel).All()
@@ -277,10 +218,10 @@ func TestGoodbyeAndReconnect(t *testing.T) {
 	a := node(t, tether.WithLogger(zl), tether.WithLiveness(liveness.Local()))
 	b := node(t)
 	addr := b.Addr().String()
-	ev := subscribe(t, a.Peers())
+	ev := ttnode.Subscribe(t, a.Peers())
 	stop := a.Peers().Keep(addr)
 	defer stop()
-	first := ev.next(t, peer.Connected, 5*time.Second)
+	first := ev.Next(t, peer.Connected, 5*time.Second)
 	if first.Reconnect || first.ID != b.ID() {
 		t.Fatalf("first connect %+v", first)
 	}
@@ -288,7 +229,7 @@ func TestGoodbyeAndReconnect(t *testing.T) {
 	waitFor(t, func() bool { _, ok := b.Peers().Get(a.ID()); return ok }, "b to register a")
 
 	b.Close()
-	d := ev.next(t, peer.Disconnected, time.Second)
+	d := ev.Next(t, peer.Disconnected, time.Second)
 	if !errors.Is(d.Cause, rpc.ErrPeerLeft) {
 		t.Fatalf("cause %v, want ErrPeerLeft", d.Cause)
 	}
@@ -303,7 +244,7 @@ func TestGoodbyeAndReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b2.Close()
-	c := ev.next(t, peer.Connected, 15*time.Second)
+	c := ev.Next(t, peer.Connected, 15*time.Second)
 	if !c.Reconnect || c.ID != b2.ID() {
 		t.Fatalf("reconnect event %+v", c)
 	}

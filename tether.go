@@ -72,7 +72,9 @@ type Node struct {
 
 	hsMu      sync.Mutex // guards handshakes in progress:
 	hsPending []*pendingHandshake
-	hsLive    int // of them not cut off
+	hsLive    int           // of them not cut off
+	hsTook    time.Duration // how long good handshakes took lately
+	hsFreed   chan struct{} // 1-buffered: a handshake slot freed
 
 	closeOnce sync.Once
 }
@@ -97,7 +99,7 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		return nil, err
 	}
 
-	n := &Node{mux: rpc.NewMux(), opts: o}
+	n := &Node{mux: rpc.NewMux(), opts: o, hsFreed: make(chan struct{}, 1), hsTook: firstHandshakeGuess}
 	if err := n.startLogging(); err != nil {
 		return nil, err
 	}
@@ -316,11 +318,13 @@ func (n *Node) acceptLoop() {
 			continue
 		}
 		h := n.admitHandshake(nc)
+		if h == nil {
+			return // closing
+		}
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			defer n.handshakeDone(h)
-			n.serveConn(nc)
+			n.serveConn(nc, h)
 		}()
 	}
 }
@@ -328,53 +332,117 @@ func (n *Node) acceptLoop() {
 // pendingHandshake is a connection whose handshake is in progress.
 type pendingHandshake struct {
 	nc      net.Conn
+	start   time.Time
 	evicted bool
 }
 
-// admitHandshake makes room for a new handshake. When the node already
-// handshakes maxPendingHandshakes connections, the oldest is cut off
-// rather than the newest refused: a well-behaved peer finishes in a
-// millisecond, so dialers that hold handshakes open (to exhaust the slots)
-// lose them to every new arrival, and cannot keep good peers out.
+// admitHandshake makes room for a new handshake. While the node handshakes
+// maxPendingHandshakes connections, a new one waits (in the kernel's accept
+// queue, for the dialers behind it) until a slot frees, or until the oldest
+// handshake has taken so much longer than good ones lately take that it
+// is stalled: that one is cut off. So a storm of good peers (thousands
+// dialing a restarted node at once) is admitted steadily, each in turn,
+// while dialers that hold handshakes open to exhaust the slots lose them
+// to the next arrival within about staleHandshake. It returns nil if the
+// node closes meanwhile.
 func (n *Node) admitHandshake(nc net.Conn) *pendingHandshake {
 	h := &pendingHandshake{nc: nc}
 	var victim net.Conn
 	n.hsMu.Lock()
-	if n.hsLive >= maxPendingHandshakes {
-		for _, o := range n.hsPending {
-			if !o.evicted {
-				o.evicted = true
-				n.hsLive--
-				victim = o.nc
-				break
-			}
+	for n.hsLive >= maxPendingHandshakes {
+		i := slices.IndexFunc(n.hsPending, func(o *pendingHandshake) bool { return !o.evicted })
+		oldest := n.hsPending[i]
+		stale := n.staleHandshake()
+		age := time.Since(oldest.start)
+		if age >= stale {
+			oldest.evicted = true
+			n.hsLive--
+			victim = oldest.nc
+			break
 		}
+		n.hsMu.Unlock()
+		t := time.NewTimer(stale - age)
+		select {
+		case <-n.hsFreed:
+		case <-t.C:
+		case <-n.ctx.Done():
+			t.Stop()
+			nc.Close()
+			return nil
+		}
+		t.Stop()
+		n.hsMu.Lock()
 	}
+	h.start = time.Now()
 	n.hsPending = append(n.hsPending, h)
 	n.hsLive++
 	n.hsMu.Unlock()
 	if victim != nil {
-		n.logger.Info("handshake slots full: the oldest handshake cut off", zap.Stringer("addr", victim.RemoteAddr()))
+		n.logger.Info("handshake slots full: the oldest, stalled handshake cut off", zap.Stringer("addr", victim.RemoteAddr()))
 		victim.Close()
 	}
 	return h
 }
 
-func (n *Node) handshakeDone(h *pendingHandshake) {
+// staleHandshake is how long a handshake may take before a new arrival
+// may cut it off when every slot is taken: eight times what good handshakes
+// took lately, within [minStaleHandshake, half the handshake timeout].
+// Under hsMu.
+func (n *Node) staleHandshake() time.Duration {
+	timeout := n.rcfg.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = rpc.DefaultHandshakeTimeout
+	}
+	return min(max(minStaleHandshake, 8*n.hsTook), timeout/2)
+}
+
+// minStaleHandshake: a good handshake on a quiet machine takes about a
+// millisecond; 100 ms leaves room for a slow path and a busy node.
+const minStaleHandshake = 100 * time.Millisecond
+
+// firstHandshakeGuess is what good handshakes are taken to last before any
+// has finished: when thousands of peers dial a node that just started, the
+// first 512 share the CPU and none finishes within a few milliseconds;
+// cutting them would only make their dialers come back.
+const firstHandshakeGuess = 250 * time.Millisecond
+
+// handshakeDone frees h's slot. ok says the handshake succeeded: its
+// duration then feeds the average that tells stalled handshakes from slow
+// ones (staleHandshake). It reports whether h may go on: not if it was cut
+// off meanwhile, whose connection is closed already.
+func (n *Node) handshakeDone(h *pendingHandshake, ok bool) bool {
 	n.hsMu.Lock()
 	defer n.hsMu.Unlock()
 	if i := slices.Index(n.hsPending, h); i >= 0 {
 		n.hsPending = slices.Delete(n.hsPending, i, i+1)
 	}
-	if !h.evicted {
-		n.hsLive--
+	if ok {
+		// An exponentially weighted average over about the last 16.
+		n.hsTook += (time.Since(h.start) - n.hsTook) / 16
 	}
+	if h.evicted {
+		return false
+	}
+	n.hsLive--
+	select {
+	case n.hsFreed <- struct{}{}:
+	default:
+	}
+	return true
 }
 
-func (n *Node) serveConn(nc net.Conn) {
+// serveConn handshakes with a peer that dialed in, frees its handshake
+// slot, and registers it.
+func (n *Node) serveConn(nc net.Conn, h *pendingHandshake) {
 	cfg := *n.rcfg
 	cfg.Label = nc.RemoteAddr().String()
 	c, err := rpc.Server(n.ctx, nc, &cfg)
+	if !n.handshakeDone(h, err == nil) {
+		if c != nil {
+			c.Abort(errHandshakeCut) // its transport is closed already
+		}
+		return
+	}
 	if err != nil {
 		// Not yet a peer: a port scan, a stranger, an old version. Info, so
 		// that strangers cannot trigger incidents.
@@ -385,6 +453,10 @@ func (n *Node) serveConn(nc net.Conn) {
 		c.Close()
 	}
 }
+
+// errHandshakeCut ends a connection whose handshake finished just as it
+// was cut off for taking too long.
+var errHandshakeCut = errors.New("handshake cut off: the node's handshake slots were full")
 
 // Close stops listening, says goodbye to every peer (so they evict this
 // node at once), cancels the handlers still running, and waits for the

@@ -4,21 +4,24 @@
 //
 //	cd bench && go run ./cmd/manypeers -peers 10000
 //
-// For each system in turn it starts a server in this process and N idle
-// peers in a second process (this program re-executed), all dialled at
-// once over loopback, then prints a table: the time to connect them all,
-// the server's CPU while idle (a share of one core), heap and goroutine
-// stacks per peer, goroutines per peer, peers lost while idle, the
-// detection time of one peer silenced by an iptables DROP of its port (no
+// For each system in turn it starts a server and N idle peers in a
+// second process (this program re-executed), all dialled at once over
+// loopback, then prints a table: the time to connect them all, the
+// server's CPU while idle (a share of one core), heap and goroutine stacks
+// per peer, goroutines per peer, peers lost while idle, the detection time
+// of peers silenced one at a time by an iptables DROP of their port (no
 // RST), and a mass failure: a fraction of the peers (-silence-frac)
 // silenced at once, when the last was noticed, whether any other peer was
 // lost, and how many lines were logged at Warn or above and incident files
-// written meanwhile.
+// written meanwhile. For tether it then says whether the floors held.
 //
-// As root with unshare and iptables it re-runs itself in a private network
-// namespace (unshare -n), so the rules touch nothing else; elsewhere it
-// says why it cannot silence and measures the rest on loopback. -json
-// prints the results as JSON. Every system runs with its default
+// Each system is measured by a run of this program of its own (-systems
+// with one name), so that nothing of one system's run is left in the
+// process or the namespace when the next is measured. As root with unshare
+// and iptables that run re-runs itself in a private network namespace
+// (unshare -n), so the rules touch nothing else; elsewhere it says why it
+// cannot silence and measures the rest on loopback. -json prints the
+// results as JSON. Every system runs with its default
 // configuration; tether's node also gets a logger that counts its lines
 // and an incident directory, so that both can be counted.
 package main
@@ -30,8 +33,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -73,24 +78,97 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
-	silence := false
-	why := ""
-	switch {
-	case *noNS:
-		why = "-no-namespace: nothing silenced"
-	default:
-		inside, err := partition.Reexec(ctx)
-		if !inside {
-			if err == nil {
-				return // the copy in its own namespace has done the work
-			}
-			if !isNoSupport(err) {
+	opts := options{peers: *peers, idle: *idle, frac: *frac, detect: *detect, conc: *conc, quiet: *quiet, noNS: *noNS}
+	var results []*scale.Result
+	failed := false
+	if len(chosen) == 1 {
+		r, done, err := measure(ctx, chosen[0], opts)
+		if done {
+			if err != nil {
 				fmt.Fprintln(os.Stderr, "manypeers:", err)
 				os.Exit(1)
 			}
-			why = err.Error()
-		} else {
+			return // the copy in its own namespace has done the work
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "manypeers: %s: %v\n", chosen[0].Name(), err)
+			failed = true
+		}
+		if r != nil {
+			results = append(results, r)
+		}
+	} else {
+		// One process, and one network namespace, per system: nothing of
+		// one system's run (heap, goroutines, sockets still closing) is
+		// there when the next is measured.
+		for _, s := range chosen {
+			rs, err := measureApart(ctx, s.Name(), opts)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "manypeers: %s: %v\n", s.Name(), err)
+				failed = true
+			}
+			results = append(results, rs...)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+	}
+
+	if *jsonOut {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(report{*peers, runtime.Version(), runtime.NumCPU(), results})
+	} else {
+		fmt.Printf("%d idle peers per system, loopback, %d CPUs, %s\n\n", *peers, runtime.NumCPU(), runtime.Version())
+		scale.WriteTable(os.Stdout, results)
+		for _, r := range results {
+			if r.System == "tether" {
+				writeFloors(r)
+			}
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+// report is what -json prints.
+type report struct {
+	Peers   int             `json:"peers"`
+	Go      string          `json:"go"`
+	CPUs    int             `json:"cpus"`
+	Results []*scale.Result `json:"results"`
+}
+
+// options are the measurement flags.
+type options struct {
+	peers        int
+	idle, detect time.Duration
+	frac         float64
+	conc         int
+	quiet, noNS  bool
+}
+
+// measure measures one system in this process, after re-running this
+// program in a private network namespace where it can. done reports that
+// a copy in its own namespace did the work (and printed the results); err
+// is then the copy's failure, if any.
+func measure(ctx context.Context, sys scale.System, o options) (r *scale.Result, done bool, err error) {
+	silence := false
+	why := ""
+	if o.noNS {
+		why = "-no-namespace: nothing silenced"
+	} else {
+		inside, err := partition.Reexec(ctx)
+		switch {
+		case inside:
 			silence = true
+		case err == nil:
+			return nil, true, nil
+		case !isNoSupport(err):
+			return nil, true, err
+		default:
+			why = err.Error()
 		}
 	}
 	if silence {
@@ -104,62 +182,58 @@ func main() {
 	if why != "" {
 		fmt.Fprintf(os.Stderr, "manypeers: cannot silence peers (%s); measuring connect, CPU and memory on loopback only\n", why)
 	}
-
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().UTC().Format("15:04:05.000")}, args...)...)
 	}
-	if *quiet {
+	if o.quiet {
 		logf = nil
 	}
-	var results []*scale.Result
-	failed := false
-	for _, s := range chosen {
-		r, err := scale.Run(ctx, s, scale.Config{
-			Peers:           *peers,
-			DialConcurrency: *conc,
-			Idle:            *idle,
-			Silence:         silence,
-			SilenceFrac:     *frac,
-			DetectTimeout:   *detect,
-			Logf:            logf,
-		})
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "manypeers: %s: %v\n", s.Name(), err)
-			failed = true
-		}
-		if r != nil {
-			if !silence {
-				r.NoSilence = why
-			}
-			results = append(results, r)
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		runtime.GC() // the next system starts from a clean heap
+	r, err = scale.Run(ctx, sys, scale.Config{
+		Peers:           o.peers,
+		DialConcurrency: o.conc,
+		Idle:            o.idle,
+		Silence:         silence,
+		SilenceFrac:     o.frac,
+		DetectTimeout:   o.detect,
+		Logf:            logf,
+	})
+	if r != nil && !silence {
+		r.NoSilence = why
 	}
+	return r, false, err
+}
 
-	if *jsonOut {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(struct {
-			Peers   int             `json:"peers"`
-			Go      string          `json:"go"`
-			CPUs    int             `json:"cpus"`
-			Results []*scale.Result `json:"results"`
-		}{*peers, runtime.Version(), runtime.NumCPU(), results})
-	} else {
-		fmt.Printf("%d idle peers per system, loopback, %d CPUs, %s\n\n", *peers, runtime.NumCPU(), runtime.Version())
-		scale.WriteTable(os.Stdout, results)
-		for _, r := range results {
-			if r.System == "tether" {
-				writeFloors(r)
-			}
-		}
+// measureApart measures one system in a fresh run of this program (which
+// makes its own namespace) and returns its results, read from its -json
+// output.
+func measureApart(ctx context.Context, name string, o options) ([]*scale.Result, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
 	}
-	if failed {
-		os.Exit(1)
+	args := []string{
+		"-systems", name, "-json",
+		"-peers", strconv.Itoa(o.peers),
+		"-idle", o.idle.String(),
+		"-silence-frac", strconv.FormatFloat(o.frac, 'g', -1, 64),
+		"-detect-timeout", o.detect.String(),
+		"-dial-concurrency", strconv.Itoa(o.conc),
 	}
+	if o.quiet {
+		args = append(args, "-q")
+	}
+	if o.noNS {
+		args = append(args, "-no-namespace")
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Stderr = os.Stderr
+	cmd.WaitDelay = 10 * time.Second
+	out, runErr := cmd.Output()
+	var rep report
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return nil, errors.Join(runErr, fmt.Errorf("reading its results: %w", err))
+	}
+	return rep.Results, runErr
 }
 
 func find(name string) scale.System {

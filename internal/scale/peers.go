@@ -107,7 +107,6 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 	dial := func() io.Closer {
 		for a := range dialAttempts {
 			if a > 0 {
-				retries.Add(1)
 				d := min(dialBackoffBase<<a, dialBackoffMax)
 				t := time.NewTimer(d/2 + rand.N(d/2))
 				select {
@@ -118,6 +117,9 @@ func runPeers(sys System, addr string, n, conc int, in io.Reader, out io.Writer)
 			}
 			if dialCtx.Err() != nil {
 				return nil
+			}
+			if a > 0 {
+				retries.Add(1)
 			}
 			dctx, dcancel := context.WithTimeout(dialCtx, dialTimeout)
 			c, err := sys.Dial(dctx, addr)
@@ -285,6 +287,17 @@ func (p *peersProc) exited() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// dialedOK reports whether the peers process has reported its first
+// round of dials, and how many of them made a connection.
+func (p *peersProc) dialedOK() (ok int, reported bool) {
+	select {
+	case <-p.dialedCh:
+		return p.dialed.ok, true
+	default:
+		return 0, false
 	}
 }
 

@@ -232,10 +232,16 @@ func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 	defer peers.stop()
 	defer Heal() // first: the peers then close their connections unhindered
 
-	// Connect: wait for all N to be registered.
+	// Connect: wait for all N to be registered, and for the peers process
+	// to have made all N (a server without a handshake, such as yamux's,
+	// counts a connection before its dialer is done with it).
 	deadline := start.Add(cfg.ConnectTimeout)
 	progress, cpuStart := start.Add(5*time.Second), cpuTime()
-	for srv.Peers() < cfg.Peers && time.Now().Before(deadline) && ctx.Err() == nil && !peers.exited() {
+	connected := func() bool {
+		ok, reported := peers.dialedOK()
+		return reported && ok == cfg.Peers && srv.Peers() >= cfg.Peers
+	}
+	for !connected() && time.Now().Before(deadline) && ctx.Err() == nil && !peers.exited() {
 		time.Sleep(10 * time.Millisecond)
 		if now := time.Now(); now.After(progress) {
 			progress = now.Add(5 * time.Second)
@@ -245,7 +251,7 @@ func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 	}
 	res.Connected = srv.Peers()
 	res.ConnectSec = time.Since(start).Seconds()
-	if res.Connected < cfg.Peers {
+	if !connected() {
 		// Go on with the peers that are registered, once the peers
 		// process has stopped dialling and the stragglers are in.
 		res.Redials, _ = peers.settle(5 * time.Second)
@@ -270,11 +276,14 @@ func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 			return res, peers.err()
 		}
 	}
-	ports := srv.Ports()
 
 	// Idle: CPU, then memory and goroutines, and false evictions.
 	if !sleep(ctx, cfg.Settle) {
 		return res, ctx.Err()
+	}
+	ports := srv.Ports() // the peers measured from here on
+	if len(ports) != res.Connected {
+		cfg.Logf("%s: %d peers registered after the settling pause, %d before", sys.Name(), len(ports), res.Connected)
 	}
 	cpu0, t0 := cpuTime(), time.Now()
 	if !sleep(ctx, cfg.Idle) {
@@ -339,8 +348,10 @@ func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 		res.DetectMS, res.DetectMaxMS = ms(singles[(len(singles)-1)/2]), ms(singles[len(singles)-1])
 	}
 	res.DetectOthers = countLost(srv, ports, mergeSets(silenced, lostBefore))
-	cfg.Logf("%s: %d peers silenced one at a time: noticed after %s at the median, %s at most; %d others lost",
-		sys.Name(), len(singles), fmtMS(res.DetectMS), fmtMS(res.DetectMaxMS), res.DetectOthers)
+	if len(singles) > 0 {
+		cfg.Logf("%s: %d peers silenced one at a time: noticed after %s at the median, %s at most; %d others lost",
+			sys.Name(), len(singles), fmtMS(res.DetectMS), fmtMS(res.DetectMaxMS), res.DetectOthers)
+	}
 
 	// Mass failure.
 	if cfg.SilenceFrac < 0 {

@@ -21,6 +21,27 @@ func warnLines(logs *observer.ObservedLogs) []observer.LoggedEntry {
 	return logs.Filter(func(e observer.LoggedEntry) bool { return e.Level >= zapcore.WarnLevel }).All()
 }
 
+// checkIndex checks that the registry's index for Sample and Dial holds
+// exactly its references.
+func checkIndex(t *testing.T, r *Registry) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.live) != len(r.peers) || len(r.pos) != len(r.peers) {
+		t.Fatalf("index: %d live, %d positions, %d peers", len(r.live), len(r.pos), len(r.peers))
+	}
+	for i, p := range r.live {
+		if r.peers[p.id] != p || r.pos[p] != i {
+			t.Fatalf("index: live[%d] = %v, not in peers at its position", i, p)
+		}
+	}
+	for addr, p := range r.dialed {
+		if r.peers[p.id] != p || !p.dialed || p.addr != addr {
+			t.Fatalf("index: dialed[%s] = %v", addr, p)
+		}
+	}
+}
+
 // A fifth of the registry's peers evicted at once: every eviction is told
 // to subscribers and counted, no other peer is touched, and the log says
 // it in a few lines (the first evictions, then one summary) with one
@@ -81,6 +102,7 @@ func TestMassEviction(t *testing.T) {
 		}
 	}
 	mu.Unlock()
+	checkIndex(t, f.r)
 	st := f.r.Stats()
 	if st.Disconnects != uint64(evict) || st.Peers != n-evict || len(f.r.List()) != n-evict {
 		t.Fatalf("stats after evicting %d of %d: %d disconnects, %d peers", evict, n, st.Disconnects, st.Peers)
@@ -247,7 +269,47 @@ func TestDialReusesByAddress(t *testing.T) {
 	if a3 == a1 || a3.Err() != nil || dials["a"] != 2 {
 		t.Fatalf("Dial after the eviction: %v, %d dials", a3, dials["a"])
 	}
+	checkIndex(t, r)
 	if got := len(r.Sample(10)); got != 4 {
 		t.Fatalf("Sample found %d of 4 live references (a, b, c both ways)", got)
 	}
+}
+
+// A reference replaced by a newer connection to the same peer gives up its
+// place in the index to the newer one, whichever side dialed.
+func TestIndexFollowsReplacement(t *testing.T) {
+	r := registry(t, Config{LocalID: "m"})
+	c1, _ := conns(t, "z", nil)
+	c2, _ := conns(t, "z", nil)
+	p1, _ := r.Add(c1, "x", true)
+	p2, _ := r.Add(c2, "x", true)
+	<-p1.Done()
+	checkIndex(t, r)
+	if s := r.Sample(5); len(s) != 1 || s[0] != p2 {
+		t.Fatalf("Sample after a replacement: %v", s)
+	}
+	c3, _ := conns(t, "zz", nil)
+	c4, _ := conns(t, "zz", nil)
+	r.Add(c3, "y", false)
+	q, _ := r.Add(c4, "y", true) // dialed by us, the smaller ID: it wins
+	<-c3.Done()
+	checkIndex(t, r)
+	r.mu.Lock()
+	d := r.dialed["y"]
+	r.mu.Unlock()
+	if d != q {
+		t.Fatalf("the reference dialed to y: %v, want %v", d, q)
+	}
+	p2.Evict(nil)
+	q.Evict(nil)
+	<-p2.Done()
+	<-q.Done()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(r.List()) > 0 || r.Stats().Disconnects < 4 {
+		if time.Now().After(deadline) {
+			t.Fatal("references not gone")
+		}
+		time.Sleep(time.Millisecond) // polling for an outcome
+	}
+	checkIndex(t, r)
 }

@@ -29,19 +29,23 @@ import (
 
 // The flooding peers run in a child process of their own (this test
 // binary, re-executed in the role "flood mode@addr"), as a remote attacker
-// would: their own CPU and garbage are not the victim's. The child runs at
-// the lowest CPU priority (see lowerPriority), so that on the one machine
-// that runs the victim and the attacker alike, the attacker takes no CPU
-// from the victim, as an attacker on a machine of its own would not: the
-// floor is about what the victim does for its other peers while it serves
-// a flood, not about sharing the cores with the attacker. On a busy machine
-// such a child may get too little CPU to flood at all; the test then says
-// so and skips, rather than judge a flood that did not happen.
+// would: their own CPU and garbage are not the victim's. The child starts
+// in the kernel's idle scheduling class, so that on the one machine that
+// runs the victim and the attacker alike, the attacker takes no CPU from
+// the victim, as an attacker on a machine of its own would not: the floor
+// is about what the victim does for its other peers while it serves a
+// flood, not about sharing the cores with the attacker. On a busy machine
+// the idle class gets no CPU at all; the child is then moved to nice 19,
+// which gets a little (see hostileChild.flood). If even that gets no flood
+// under way, or the starved flooder is evicted for missing its probes
+// before its flood is judged, the test says so and skips, rather than
+// judge a flood that did not happen.
 //
 // A flooder is persistent: cut off, it connects again (under a new ID)
-// and goes on. It starts when it reads a line on stdin, prints "READY"
-// once its flood is under way (past the victim's limit), and "STATS sent
-// refused connections attempts" when its stdin closes.
+// and goes on. It starts when it reads a line on stdin, moves to nice 19
+// when it reads "NICE", prints "READY" once its flood is under way (past
+// the victim's limit), and "STATS sent refused connections attempts" when
+// its stdin closes.
 
 func init() {
 	if spec, ok := strings.CutPrefix(ttest.Role(), "flood "); ok {

@@ -159,3 +159,29 @@ func tool(name string) (string, error) {
 	}
 	return "", fmt.Errorf("%s not found on PATH or in /usr/sbin, /sbin", name)
 }
+
+// backlogDrops returns the packets the kernel has dropped because a
+// CPU's input backlog was full (net.core.netdev_max_backlog), summed over
+// CPUs, from /proc/net/softnet_stat; -1 if it cannot be read. The count is
+// the whole host's: loopback traffic of every namespace goes through
+// these backlogs, and a burst of thousands of packets at once (the TCP
+// keepalives of connections made together) can overflow them.
+func backlogDrops() int64 {
+	b, err := os.ReadFile("/proc/net/softnet_stat")
+	if err != nil {
+		return -1
+	}
+	var total int64
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 16, 64)
+		if err != nil {
+			return -1
+		}
+		total += n
+	}
+	return total
+}

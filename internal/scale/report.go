@@ -96,12 +96,22 @@ func WriteTable(w io.Writer, results []*Result) error {
 	row("  other peers lost", mass(func(r *Result) string { return fmt.Sprint(r.MassOthers) }))
 	row("  log lines at Warn+", mass(func(r *Result) string { return fmt.Sprint(r.MassWarnLines) }))
 	row("  incident files", mass(func(r *Result) string { return fmt.Sprint(r.MassIncidents) }))
+	row("kernel backlog drops (host)", func(r *Result) string {
+		if r.BacklogDrops < 0 {
+			return "-"
+		}
+		return fmt.Sprint(r.BacklogDrops)
+	})
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	for _, r := range results {
 		if r.NoSilence != "" {
 			fmt.Fprintf(w, "%s: %s\n", r.System, r.NoSilence)
+		}
+		if r.BacklogDrops > 0 {
+			fmt.Fprintf(w, "%s: the kernel dropped %d packets on full input backlogs during the run (net.core.netdev_max_backlog, "+
+				"a host-wide setting): some connections may have looked silent\n", r.System, r.BacklogDrops)
 		}
 	}
 	return nil

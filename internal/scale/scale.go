@@ -197,6 +197,12 @@ type Result struct {
 
 	WarnLines int `json:"warn_lines"` // logged at Warn or above, all run
 	Incidents int `json:"incidents"`  // incident files, all run
+
+	// BacklogDrops counts packets the kernel dropped, anywhere on the
+	// host, because an input backlog was full, from the first dial to the
+	// end of the run; -1 if unknown. Loopback packets go through these
+	// backlogs, so drops here can make connections look silent.
+	BacklogDrops int64 `json:"backlog_drops"`
 }
 
 // Run measures sys at cfg.Peers idle peers. The peers process is this
@@ -225,6 +231,14 @@ func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 
 	cfg.Logf("%s: %d peers dialling %s, %s", sys.Name(), cfg.Peers, srv.Addr(), atOnce(cfg.DialConcurrency))
 	start := time.Now()
+	drops0 := backlogDrops()
+	defer func() {
+		if d := backlogDrops(); drops0 >= 0 && d >= 0 {
+			res.BacklogDrops = d - drops0
+		} else {
+			res.BacklogDrops = -1
+		}
+	}()
 	peers, err := startPeers(ctx, sys.Name(), srv.Addr(), cfg.Peers, cfg.DialConcurrency)
 	if err != nil {
 		return res, err

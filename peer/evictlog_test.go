@@ -283,14 +283,15 @@ func TestFoldNoMass(t *testing.T) {
 // A real timer fires the summary, and close waits for a timer that is
 // running.
 func TestFoldRealClock(t *testing.T) {
-	core, logs := observer.New(zapcore.DebugLevel)
-	f := newFold(zap.New(core), zapcore.WarnLevel, "peers evicted", realFoldClock{}, true)
+	log, logs, summary := observed()
+	f := newFold(log, zapcore.WarnLevel, "peers evicted", realFoldClock{}, true)
 	for i := range 20 {
 		f.single(time.Now(), ID(fmt.Sprint(i)), "silent", 0, 20)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for logs.Len() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // polling an outcome, not ordering goroutines
+	select {
+	case <-summary:
+	case <-time.After(foldQuiet + 10*time.Second):
+		t.Fatal("no summary")
 	}
 	f.close()
 	if all := logs.AllUntimed(); len(all) != 1 || all[0].ContextMap()["count"] != int64(20-foldSingles) {

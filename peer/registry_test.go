@@ -16,6 +16,23 @@ import (
 	"github.com/tetherrpc/tether/rpc"
 )
 
+// observed returns a logger that records what it is given at Info and
+// above in logs, and tells summary each time it writes a summary line.
+func observed() (log *zap.Logger, logs *observer.ObservedLogs, summary <-chan struct{}) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	sig := make(chan struct{}, 1)
+	hook := zap.Hooks(func(e zapcore.Entry) error {
+		if e.Message == "peers evicted" { // (hooks run after the observer has it)
+			select {
+			case sig <- struct{}{}:
+			default:
+			}
+		}
+		return nil
+	})
+	return zap.New(core, hook), logs, sig
+}
+
 // warnLines is the entries at Warn and above.
 func warnLines(logs *observer.ObservedLogs) []observer.LoggedEntry {
 	return logs.Filter(func(e observer.LoggedEntry) bool { return e.Level >= zapcore.WarnLevel }).All()
@@ -49,8 +66,8 @@ func checkIndex(t *testing.T, r *Registry) {
 func TestMassEviction(t *testing.T) {
 	n := massPeers
 	evict := n / 5
-	core, logs := observer.New(zapcore.InfoLevel)
-	f := newFleet(t, Config{Logger: zap.New(core)}, n)
+	log, logs, summary := observed()
+	f := newFleet(t, Config{Logger: log}, n)
 	if got := len(f.r.List()); got != n {
 		t.Fatalf("%d peers registered, want %d", got, n)
 	}
@@ -115,9 +132,13 @@ func TestMassEviction(t *testing.T) {
 		}
 		return n
 	}
-	deadline := time.Now().Add(foldQuiet + 10*time.Second)
-	for folded() < evict-foldSingles && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // polling for an outcome
+	timeout := time.After(foldQuiet + 10*time.Second)
+	for folded() < evict-foldSingles {
+		select {
+		case <-summary:
+		case <-timeout:
+			t.Fatalf("summaries account for %d of %d folded evictions", folded(), evict-foldSingles)
+		}
 	}
 	warns := warnLines(logs)
 	singles, summaries, incidents, counted := 0, 0, 0, 0
@@ -279,6 +300,12 @@ func TestDialReusesByAddress(t *testing.T) {
 // place in the index to the newer one, whichever side dialed.
 func TestIndexFollowsReplacement(t *testing.T) {
 	r := registry(t, Config{LocalID: "m"})
+	gone := make(chan struct{}, 4)
+	r.Subscribe(func(ev Event) {
+		if ev.Kind == Disconnected {
+			gone <- struct{}{}
+		}
+	})
 	c1, _ := conns(t, "z", nil)
 	c2, _ := conns(t, "z", nil)
 	p1, _ := r.Add(c1, "x", true)
@@ -302,14 +329,11 @@ func TestIndexFollowsReplacement(t *testing.T) {
 	}
 	p2.Evict(nil)
 	q.Evict(nil)
-	<-p2.Done()
-	<-q.Done()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(r.List()) > 0 || r.Stats().Disconnects < 4 {
-		if time.Now().After(deadline) {
-			t.Fatal("references not gone")
-		}
-		time.Sleep(time.Millisecond) // polling for an outcome
+	for range 4 { // two retired, two evicted: each told once it is gone
+		<-gone
 	}
 	checkIndex(t, r)
+	if len(r.live) != 0 {
+		t.Fatalf("%d left in the index", len(r.live))
+	}
 }

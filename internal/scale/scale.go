@@ -7,7 +7,8 @@
 // opens N idle connections to it, so that what is measured in the node is
 // the node's cost alone. Run then measures, in the node:
 //
-//   - the time for all N to connect and be registered, dialled at once;
+//   - the time for all N to connect and be registered, dialled all at
+//     once (or Config.DialConcurrency at a time);
 //   - the node's CPU over an idle window, as a share of one core
 //     (getrusage of the node process);
 //   - heap and goroutine stacks per peer (HeapInuse+StackInuse after GC,
@@ -19,11 +20,14 @@
 //   - a mass failure: a fraction of the peers silenced at once by one
 //     iptables-restore; when each was noticed, whether any other peer was
 //     lost, the lines logged at Warn or above and the incident files
-//     written meanwhile.
+//     written meanwhile;
+//   - the packets the kernel dropped on full input backlogs meanwhile,
+//     which would make live connections look silent.
 //
 // Silencing needs a private network namespace (partition.Isolated or
 // partition.Reexec), root and iptables; without them Run measures the
-// rest and says why it did not silence. Every wait is bounded in time and
+// rest and says why it did not silence. In such a namespace TuneNamespace
+// raises the limits that thousands of connections dialled at once meet. Every wait is bounded in time and
 // every loop in count; all traffic stays on loopback.
 package scale
 

@@ -66,6 +66,7 @@ type Conn struct {
 
 	wg  sync.WaitGroup // reader, acceptor, writer
 	acc acceptor       // runs a goroutine in Accept only while streams come
+	rd  reader         // runs a goroutine reading the control stream while frames come
 
 	stats connStats
 }
@@ -170,10 +171,13 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.ctx, c.kill = context.WithCancelCause(context.Background())
-	c.wg.Add(1)
-	go c.readLoop()
-	arrived := c.streamArrived
+	c.rd.cr = ctrlReader{src: ctrl, consumed: &c.rd.consumed}
+	c.rd.mu.Lock()
+	c.runReader()
+	c.rd.mu.Unlock()
+	arrived, start := c.streamArrived, c.startReader
 	w.onSYN.Store(&arrived)
+	w.onCtrl.Store(&start)
 	c.streamArrived() // for streams opened before onSYN was set
 	return c
 }
@@ -463,6 +467,7 @@ func (c *Conn) abort(cause error, reset bool) int {
 	close(c.done)
 	c.kill(c.dead)
 	c.stopAccepting()
+	c.stopReader()
 	if tc := tcpConn(c.wire.Conn); reset && tc != nil {
 		// The socket itself first: over TLS, closing the session would
 		// send a close_notify alert ahead of the reset, which the peer
@@ -703,32 +708,6 @@ func (c *Conn) transportCause(err error) error {
 		return fmt.Errorf("connection closed by the peer: %w", io.EOF)
 	}
 	return err
-}
-
-func (c *Conn) readLoop() {
-	defer c.wg.Done()
-	select {
-	case <-c.resumed:
-	case <-c.done:
-		return
-	}
-	r := &ctrlReader{src: c.ctrl}
-	defer r.release()
-	var hbuf [headerSize]byte
-	for {
-		c.waitForRoom()
-		h, p, err := r.readFrame(hbuf[:], c.cfg.MaxMessageSize)
-		if err == nil {
-			c.wire.lastRecv.Store(nanotime()) // a whole frame: evidence of life
-			err = c.handleFrame(h, p)
-		} else if !errors.Is(err, ErrProtocolViolation) {
-			err = c.transportCause(err)
-		}
-		if err != nil {
-			c.Abort(err)
-			return
-		}
-	}
 }
 
 // waitForRoom holds the reader while more than MaxWriteQueue bytes wait to

@@ -37,6 +37,13 @@ type wireConn struct {
 	// control stream aside); onSYN, once set, is told of each batch of them.
 	syns  atomic.Uint64
 	onSYN atomic.Pointer[func()]
+	// ctrlIn counts the bytes that arrived for the control stream; ended
+	// says the control stream or the session ended (a FIN or RST, a
+	// GoAway, a transport error or close). onCtrl, once set, is told of
+	// either (see Conn.startReader).
+	ctrlIn atomic.Uint64
+	ended  atomic.Bool
+	onCtrl atomic.Pointer[func()]
 
 	errMu sync.Mutex
 	err   error // first transport error
@@ -68,17 +75,42 @@ func (w *wireConn) Read(p []byte) (int, error) {
 			w.lastRecv.Store(nanotime())
 		}
 		w.recvd.Add(uint64(n))
-		if syns := w.in.scan(p[:n]); syns > 0 {
-			w.syns.Add(uint64(syns))
-			if f := w.onSYN.Load(); f != nil {
-				(*f)()
+		sc := w.in.scan(p[:n])
+		if sc.syns > 0 {
+			w.syns.Add(uint64(sc.syns))
+			w.tell(&w.onSYN)
+		}
+		if sc.ctrlBytes > 0 || sc.ctrlEnd {
+			w.ctrlIn.Add(sc.ctrlBytes)
+			if sc.ctrlEnd {
+				w.ended.Store(true)
 			}
+			w.tell(&w.onCtrl)
 		}
 	}
 	if err != nil {
 		w.noteErr(err)
+		w.end()
 	}
 	return n, err
+}
+
+// Close closes the transport; the control stream's reader is told.
+func (w *wireConn) Close() error {
+	err := w.Conn.Close()
+	w.end()
+	return err
+}
+
+func (w *wireConn) end() {
+	w.ended.Store(true)
+	w.tell(&w.onCtrl)
+}
+
+func (w *wireConn) tell(f *atomic.Pointer[func()]) {
+	if fn := f.Load(); fn != nil {
+		(*fn)()
+	}
 }
 
 func (w *wireConn) Write(p []byte) (int, error) {
@@ -154,12 +186,22 @@ type frameScanner struct {
 const (
 	yamuxTypeData   = 0
 	yamuxTypeWindow = 1
+	yamuxTypeGoAway = 3
 	yamuxFlagSYN    = 1
+	yamuxFlagFIN    = 4
+	yamuxFlagRST    = 8
 	yamuxCtrlStream = 1 // the client's first stream: ours, accepted at the handshake
 )
 
-// scan passes over p and returns how many streams it opens.
-func (f *frameScanner) scan(p []byte) (syns int) {
+// scanned is what one read brought.
+type scanned struct {
+	syns      int    // streams opened
+	ctrlBytes uint64 // bytes for the control stream
+	ctrlEnd   bool   // the control stream or the session ends
+}
+
+// scan passes over p and says what it brings.
+func (f *frameScanner) scan(p []byte) (s scanned) {
 	for len(p) > 0 {
 		if f.skip > 0 {
 			k := uint32(min(len(p), int(min(f.skip, 1<<30))))
@@ -171,7 +213,7 @@ func (f *frameScanner) scan(p []byte) (syns int) {
 		f.n += k
 		p = p[k:]
 		if f.n < yamuxHeaderSize {
-			return syns
+			return s
 		}
 		f.n = 0
 		typ, flags := f.hdr[1], binary.BigEndian.Uint16(f.hdr[2:4])
@@ -179,9 +221,18 @@ func (f *frameScanner) scan(p []byte) (syns int) {
 		if typ == yamuxTypeData {
 			f.skip = length
 		}
-		if (typ == yamuxTypeData || typ == yamuxTypeWindow) && flags&yamuxFlagSYN != 0 && id != yamuxCtrlStream {
-			syns++
+		switch {
+		case typ == yamuxTypeGoAway:
+			s.ctrlEnd = true
+		case typ != yamuxTypeData && typ != yamuxTypeWindow:
+		case id == yamuxCtrlStream:
+			if typ == yamuxTypeData {
+				s.ctrlBytes += uint64(length)
+			}
+			s.ctrlEnd = s.ctrlEnd || flags&(yamuxFlagFIN|yamuxFlagRST) != 0
+		case flags&yamuxFlagSYN != 0:
+			s.syns++
 		}
 	}
-	return syns
+	return s
 }

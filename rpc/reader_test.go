@@ -1,0 +1,73 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// readerRunning reports whether c's control-stream reader runs.
+func readerRunning(c *Conn) bool {
+	c.rd.mu.Lock()
+	defer c.rd.mu.Unlock()
+	return c.rd.running
+}
+
+// waitParked waits until c's reader parks, failing the test past a bound.
+func waitParked(t *testing.T, c *Conn) {
+	t.Helper()
+	deadline := time.Now().Add(parkAfter + 5*time.Second)
+	for readerRunning(c) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader still runs %v after the last frame", parkAfter+5*time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// An idle connection parks its reader; a call, a probe, a goodbye and a
+// reset each reach the parked side as if its reader had run all along.
+func TestParkedReaderWakes(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tr string) {
+		client, server := pair(t, tr, nil, &Config{Mux: echoMux()})
+		waitParked(t, server)
+		var reply []byte
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := client.Call(ctx, "echo", []byte("after parking"), &reply); err != nil || string(reply) != "after parking" {
+			t.Fatalf("call to a parked peer: %q, %v", reply, err)
+		}
+		waitParked(t, server)
+		waitParked(t, client)
+		if _, err := server.Ping(ctx); err != nil {
+			t.Fatalf("ping from a parked connection to a parked peer: %v", err)
+		}
+		waitParked(t, server)
+		waitParked(t, client)
+		client.Close()
+		select {
+		case <-server.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("a parked peer did not hear the goodbye")
+		}
+		if err := server.Err(); !errors.Is(err, ErrPeerLeft) {
+			t.Fatalf("the parked side ended with %v, want ErrPeerLeft", err)
+		}
+	})
+}
+
+func TestParkedReaderSeesReset(t *testing.T) {
+	client, server := pair(t, "tcp", nil, nil)
+	waitParked(t, server)
+	client.Abort(errors.New("crash"))
+	select {
+	case <-server.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a parked peer did not see the reset")
+	}
+	if err := server.Err(); err == nil || errors.Is(err, ErrPeerLeft) {
+		t.Fatalf("the parked side ended with %v, want a transport error", err)
+	}
+	t.Logf("parked side: %v", server.Err())
+}

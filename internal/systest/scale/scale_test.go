@@ -2,6 +2,7 @@ package scale_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -125,8 +126,12 @@ func TestScale(t *testing.T) {
 			t.Errorf("%.2f goroutines per idle peer, over the bound of %.0f", r.GoroutinesPerPeer, b.goroutines)
 		}
 	}
+	drops := ""
+	if r.BacklogDrops > 0 {
+		drops = fmt.Sprintf(" (the kernel dropped %d packets on full input backlogs during the run: see net.core.netdev_max_backlog)", r.BacklogDrops)
+	}
 	if r.IdleLost != 0 {
-		t.Errorf("%d peers evicted while idle (false evictions)", r.IdleLost)
+		t.Errorf("%d peers evicted while idle (false evictions)%s", r.IdleLost, drops)
 	}
 	switch {
 	case r.DetectMS < 0:
@@ -135,7 +140,7 @@ func TestScale(t *testing.T) {
 		t.Errorf("of %d peers silenced one at a time, one was noticed after %.0f ms, over the bound of %v", r.DetectCount, r.DetectMaxMS, b.detect)
 	}
 	if r.DetectOthers != 0 {
-		t.Errorf("%d other peers evicted while single peers were silenced", r.DetectOthers)
+		t.Errorf("%d other peers evicted while single peers were silenced%s", r.DetectOthers, drops)
 	}
 	if r.MassSilenced == 0 {
 		t.Fatal("no mass failure made")
@@ -147,7 +152,7 @@ func TestScale(t *testing.T) {
 		t.Errorf("mass failure: the last of %d silenced peers was noticed after %.0f ms, over the bound of %v", r.MassSilenced, r.MassMaxMS, b.mass)
 	}
 	if r.MassOthers != 0 {
-		t.Errorf("mass failure: %d peers evicted that were not silenced", r.MassOthers)
+		t.Errorf("mass failure: %d peers evicted that were not silenced%s", r.MassOthers, drops)
 	}
 	if r.MassWarnLines > b.warnLines {
 		t.Errorf("mass failure of %d peers: %d lines at Warn or above, over the bound of %d", r.MassSilenced, r.MassWarnLines, b.warnLines)

@@ -70,6 +70,27 @@ func (s *Stalls) During(from, to time.Time) bool {
 	return false
 }
 
+// Overlap returns how long this process stalled between from and to: a
+// timing bound broken by less than that is the machine's doing.
+func (s *Stalls) Overlap(from, to time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var d time.Duration
+	for _, st := range s.at {
+		a, b := st[0], st[1]
+		if a.Before(from) {
+			a = from
+		}
+		if b.After(to) {
+			b = to
+		}
+		if b.After(a) {
+			d += b.Sub(a)
+		}
+	}
+	return d
+}
+
 // Count returns how many stalls were seen.
 func (s *Stalls) Count() int {
 	s.mu.Lock()

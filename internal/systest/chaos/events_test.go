@@ -155,7 +155,7 @@ func (c *chaos) checkNoIO(node string, p *peer.Peer) {
 		if !errors.Is(err, rpc.ErrDeadReference) {
 			c.violate("%s: a call on an evicted reference returned %v after %v", node, err, took)
 		} else if took > 20*time.Millisecond {
-			c.late(t0, t0.Add(took), "%s: a call on an evicted reference returned after %v", node, took)
+			c.late(t0, t0.Add(took), took-20*time.Millisecond, "%s: a call on an evicted reference returned after %v", node, took)
 		}
 	}
 	after := p.Conn().Stats()

@@ -79,7 +79,7 @@ func (c *chaos) call(ctx context.Context, cl *client, p *peer.Peer, method strin
 			}
 		}
 		if over > overrun {
-			c.late(deadline, t1, "%s: a %s call to %s outlived its deadline (%v) by %v: %v", cl.name, method, c.nameOf(p.ID(), p), timeout, over, err)
+			c.late(deadline, t1, over-overrun, "%s: a %s call to %s outlived its deadline (%v) by %v: %v", cl.name, method, c.nameOf(p.ID(), p), timeout, over, err)
 		}
 	}
 	td := c.deathOf(p)
@@ -94,7 +94,7 @@ func (c *chaos) call(ctx context.Context, cl *client, p *peer.Peer, method strin
 		if !td.IsZero() && t0.Before(td) {
 			c.outstandingFailed.Add(1)
 			if lag := t1.Sub(td); lag > overrun {
-				c.late(td, t1, "%s: a call outstanding at the eviction of %s failed %v after it", cl.name, c.nameOf(p.ID(), p), lag)
+				c.late(td, t1, lag-overrun, "%s: a call outstanding at the eviction of %s failed %v after it", cl.name, c.nameOf(p.ID(), p), lag)
 			}
 		}
 		cl.errMu.Lock()
@@ -121,7 +121,7 @@ func (c *chaos) call(ctx context.Context, cl *client, p *peer.Peer, method strin
 		if !errors.Is(err, rpc.ErrDeadReference) {
 			c.violate("%s: a call on a reference evicted before it returned %v after %v", cl.name, err, took)
 		} else if took > 20*time.Millisecond {
-			c.late(t0, t1, "%s: a call on a reference evicted before it returned after %v", cl.name, took)
+			c.late(t0, t1, took-20*time.Millisecond, "%s: a call on a reference evicted before it returned after %v", cl.name, took)
 		}
 		if after.CallsOut != before.CallsOut || !after.LastSent.Equal(before.LastSent) {
 			c.violate("%s: a call on an evicted reference went out (CallsOut %d -> %d)", cl.name, before.CallsOut, after.CallsOut)
@@ -214,7 +214,7 @@ func (c *chaos) reader(ctx context.Context, cl *client) {
 		c.readLat = append(c.readLat, took)
 		c.mu.Unlock()
 		if took > timeout+overrun {
-			c.late(t0.Add(timeout), t0.Add(took), "%s: a k-of-n read outlived its deadline by %v", cl.name, took-timeout)
+			c.late(t0.Add(timeout), t0.Add(took), took-timeout-overrun, "%s: a k-of-n read outlived its deadline by %v", cl.name, took-timeout)
 		}
 		if err != nil {
 			c.readsFailed.Add(1)

@@ -175,11 +175,22 @@ func (r *rig) underLoad(t *testing.T, what string, attack func(stop <-chan struc
 // calls between two other peers rises at most this many times.
 const floor = 2
 
-func checkFloor(t *testing.T, what string, rise float64) {
+// floorHolds checks the floor over up to three attempts, each on fresh
+// nodes, until one holds it: the floor is a p99 over a fraction of a
+// second, on a machine others share, whose noise alone can double it once.
+// What each attempt checks besides holds in every one.
+func floorHolds(t *testing.T, what string, attempt func() (rise float64)) {
 	t.Helper()
-	if rise > floor {
-		t.Errorf("%s: p99 latency between two other peers rose %.1fx, floor %dx", what, rise, floor)
+	var rises []float64
+	for range 3 {
+		rise := attempt()
+		rises = append(rises, rise)
+		if rise <= floor || t.Failed() {
+			return
+		}
+		t.Logf("%s: p99 latency between two other peers rose %.1fx, floor %dx: again, on fresh nodes", what, rise, floor)
 	}
+	t.Errorf("%s: p99 latency between two other peers rose %.1fx at best (attempts: %.1f), floor %dx", what, slices.Min(rises), rises, floor)
 }
 
 // countLogs counts V's log entries at level whose message is msg and whose

@@ -36,11 +36,18 @@ type fleet struct {
 	theirs []*rpc.Conn
 	mux    *rpc.Mux
 	seq    int
+	wrap   func(net.Conn) net.Conn // our end of each pipe, if set
 }
 
 // newFleet makes a registry with cfg (quietLiveness if unset) and n peers,
 // torn down when tb ends.
 func newFleet(tb testing.TB, cfg Config, n int) *fleet {
+	tb.Helper()
+	return newFleetWrapped(tb, cfg, n, nil)
+}
+
+// newFleetWrapped is newFleet with our end of each pipe wrapped by wrap.
+func newFleetWrapped(tb testing.TB, cfg Config, n int, wrap func(net.Conn) net.Conn) *fleet {
 	tb.Helper()
 	if cfg.LocalID == "" {
 		cfg.LocalID = "local"
@@ -54,7 +61,7 @@ func newFleet(tb testing.TB, cfg Config, n int) *fleet {
 	}
 	mux := rpc.NewMux()
 	mux.Handle("echo", rpc.Func(func(_ context.Context, b []byte) ([]byte, error) { return b, nil }))
-	f := &fleet{r: r, mux: mux}
+	f := &fleet{r: r, mux: mux, wrap: wrap}
 	tb.Cleanup(f.close)
 	f.peers = make([]*Peer, n)
 	var wg sync.WaitGroup
@@ -92,7 +99,11 @@ func (f *fleet) add() (*Peer, error) {
 	f.seq++
 	id := fmt.Sprintf("p%05d", f.seq)
 	f.mu.Unlock()
+	var a net.Conn
 	a, b := net.Pipe()
+	if f.wrap != nil {
+		a = f.wrap(a)
+	}
 	ch := make(chan *rpc.Conn, 1)
 	go func() {
 		c, err := rpc.Server(context.Background(), b, &rpc.Config{ID: id, Mux: f.mux})

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -335,5 +338,102 @@ func TestIndexFollowsReplacement(t *testing.T) {
 	checkIndex(t, r)
 	if len(r.live) != 0 {
 		t.Fatalf("%d left in the index", len(r.live))
+	}
+}
+
+// mute is our end of a pipe that can be silenced: from then on nothing
+// more is read from the peer and what we write vanishes, as across a
+// silent partition.
+type mute struct {
+	net.Conn
+	silent atomic.Bool
+	gate   chan struct{}
+	once   sync.Once
+}
+
+func (m *mute) Read(b []byte) (int, error) {
+	if m.silent.Load() {
+		<-m.gate
+		return 0, net.ErrClosed
+	}
+	return m.Conn.Read(b)
+}
+
+func (m *mute) Write(b []byte) (int, error) {
+	if m.silent.Load() {
+		return len(b), nil
+	}
+	return m.Conn.Write(b)
+}
+
+func (m *mute) Close() error {
+	m.once.Do(func() { close(m.gate) })
+	return m.Conn.Close()
+}
+
+// A fifth of 10,000 peers silenced at once, in memory, with the default
+// liveness (no kernel evidence over pipes: each is convicted as
+// unanswered): all noticed within 2 s (plus the slack of a loaded
+// machine), no other peer evicted, at most 10 lines at Warn. It probes
+// 10,000 idle peers four times a second, so it runs only when
+// TETHER_MASS_SILENCE is set, and not under the race detector.
+func TestMassSilence(t *testing.T) {
+	if os.Getenv("TETHER_MASS_SILENCE") == "" || massPeers < 10_000 {
+		t.Skip("set TETHER_MASS_SILENCE=1 (without -race) to silence 2,000 of 10,000 in-memory peers")
+	}
+	const n = 10_000
+	log, logs, _ := observed()
+	f := newFleetWrapped(t, Config{Logger: log, Liveness: liveness.LAN()}, n, func(c net.Conn) net.Conn {
+		return &mute{Conn: c, gate: make(chan struct{})}
+	})
+	victims := map[ID]bool{}
+	for i, p := range f.peers {
+		if i%5 == 0 {
+			victims[p.ID()] = true
+		}
+	}
+	var gmu sync.Mutex
+	goneAt := map[ID]time.Time{}
+	all := make(chan struct{})
+	found := 0
+	f.r.Subscribe(func(ev Event) {
+		if ev.Kind == Disconnected {
+			gmu.Lock()
+			goneAt[ev.ID] = ev.Time
+			if victims[ev.ID] {
+				if found++; found == len(victims) {
+					close(all)
+				}
+			}
+			gmu.Unlock()
+		}
+	})
+	t0 := time.Now()
+	for i, p := range f.peers {
+		if i%5 == 0 {
+			p.Conn().NetConn().(*mute).silent.Store(true)
+		}
+	}
+	const floor, slack = 2 * time.Second, 3 * time.Second
+	select {
+	case <-all:
+	case <-time.After(floor + slack):
+	}
+	gmu.Lock()
+	defer gmu.Unlock()
+	var worst time.Duration
+	others := 0
+	for id, at := range goneAt {
+		if victims[id] {
+			worst = max(worst, at.Sub(t0))
+		} else {
+			others++
+		}
+	}
+	warns := warnLines(logs)
+	t.Logf("%d of %d silenced peers evicted, the last after %v; %d others evicted; %d lines at Warn; monitor %+v",
+		found, len(victims), worst, others, len(warns), f.r.Monitor().Stats())
+	if found != len(victims) || worst > floor+slack || others != 0 || len(warns) > 10 {
+		t.Fatal("the floor does not hold")
 	}
 }

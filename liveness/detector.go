@@ -106,7 +106,16 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, k
 	}
 	if !due.IsZero() && now.Sub(due) > cfg.LateSlack {
 		// This check ran late: we were paused or starved, not the peer. The
-		// answer may be in our socket buffer already: probe afresh.
+		// answer may be in our socket buffer already: probe afresh. But the
+		// kernel acknowledges whether we run or not: if it saw nothing from
+		// the peer, our lateness is no excuse (a node starved for good, say
+		// by a mass failure, would otherwise convict no one).
+		if kernel != nil {
+			if ki, ok := kernel(); ok && d.silent(cfg, now, now.Sub(d.probing), ki) {
+				s.dead = &Verdict{Kind: Silent, Silence: idle}
+				return s
+			}
+		}
 		s.late = true
 		d.startRound(&s, now)
 		s.next = now.Add(min(timeout, cfg.RetryInterval))

@@ -474,3 +474,29 @@ func TestSilentDuringBulkTransfer(t *testing.T) {
 		t.Fatalf("noticed after %v", took)
 	}
 }
+
+// A node whose checks all run late (starved for good, as in a mass
+// failure) still convicts a peer whose kernel acknowledges nothing: the
+// kernel's evidence does not depend on our running.
+func TestLateChecksStillConvictSilent(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	s.busy = true
+	cut := t0.Add(2 * time.Second)
+	s.answer = func(at time.Time) (time.Duration, bool) { return time.Millisecond, at.Before(cut) }
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		if now.Before(cut) {
+			return KernelInfo{LastAckRecv: time.Millisecond}, true
+		}
+		return KernelInfo{LastAckRecv: now.Sub(cut), Unacked: 3}, true
+	}
+	s.lag = func(time.Time) time.Duration { return 2 * cfg.LateSlack }
+	v, at := s.run(t0.Add(time.Minute))
+	if v == nil || v.Kind != Silent {
+		t.Fatalf("verdict %v after %d late checks", v, s.late)
+	}
+	if took := at.Sub(cut); took > 3*time.Second {
+		t.Fatalf("convicted %v after the cut, with every check late", took)
+	}
+	t.Logf("every check %v late: convicted %v after the cut (%d late checks)", 2*cfg.LateSlack, at.Sub(cut), s.late)
+}

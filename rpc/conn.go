@@ -468,6 +468,11 @@ func (c *Conn) abort(cause error, reset bool) int {
 	c.kill(c.dead)
 	c.stopAccepting()
 	c.stopReader()
+	// Interrupt the reader's wait now: yamux's Stream.Read spins between
+	// the session's shutdown and the closing of its streams, which with
+	// thousands of connections aborted at once (a mass failure) takes the
+	// CPU the rest of the node needs.
+	c.ctrl.SetReadDeadline(time.Unix(1, 0))
 	if tc := tcpConn(c.wire.Conn); reset && tc != nil {
 		// The socket itself first: over TLS, closing the session would
 		// send a close_notify alert ahead of the reset, which the peer

@@ -173,6 +173,7 @@ type detect struct {
 	ref   *peer.Peer
 	took  time.Duration
 	done  bool
+	idle  bool // no call of ref's own awaited an answer when the fault began
 }
 
 type chaos struct {

@@ -135,7 +135,8 @@ func (c *chaos) watchDetection(f *fault, port int) {
 	for name, reg := range c.registries() {
 		for _, p := range reg.List() {
 			if connTouches(p, port) {
-				c.detects = append(c.detects, &detect{fault: f, node: name, ref: p})
+				idle := p.Conn().Stats().Outstanding == 0
+				c.detects = append(c.detects, &detect{fault: f, node: name, ref: p, idle: idle})
 			}
 		}
 	}

@@ -100,7 +100,7 @@ func (c *chaos) report() {
 	// side that no longer hears its peer notices as in a two-way partition,
 	// and its eviction resets the connection, which tells the other side
 	// at once (see TestOneWayPartitionDetection).
-	var alone, concurrent, oneWay, stalled []time.Duration
+	var alone, concurrent, oneWay, stalled, idle []time.Duration
 	missed := 0
 	for _, d := range c.detects {
 		if !d.fault.kind.silent() {
@@ -126,6 +126,17 @@ func (c *chaos) report() {
 				c.violations = append(c.violations, fmt.Sprintf("%s of %s noticed by %s after %v on a link that saw congestion lately (bound 2s)",
 					d.fault.kind, d.fault.target, d.node, d.took.Round(time.Millisecond)))
 			}
+		case d.idle:
+			// No call of its own outstanding on the reference (a server's
+			// reference to a client, which only answers): liveness judges
+			// it idle, kept alive by the kernel's keepalive and checked
+			// once a second, and promises 2 s (the idle floor, as
+			// TestSilentPartitionDetectionTimes checks at the default).
+			idle = append(idle, d.took)
+			if d.took > 2*time.Second {
+				c.violations = append(c.violations, fmt.Sprintf("%s of %s noticed by %s after %v on a reference with no call of its own outstanding (idle floor 2s)",
+					d.fault.kind, d.fault.target, d.node, d.took.Round(time.Millisecond)))
+			}
 		case d.fault.kind == faultOneWay:
 			oneWay = append(oneWay, d.took)
 		case d.fault.concurrent:
@@ -134,8 +145,8 @@ func (c *chaos) report() {
 			alone = append(alone, d.took)
 		}
 		if d.took > time.Second {
-			t.Logf("slow detection: %s of %s %s (%.3fs, concurrent %v, congested before %v) noticed by %s on its reference to %s after %v: %v",
-				d.fault.kind, d.fault.target, d.fault.detail, d.fault.start.Sub(c.start).Seconds(), d.fault.concurrent, c.congestedBefore(d),
+			t.Logf("slow detection: %s of %s %s (%.3fs, concurrent %v, congested before %v, idle %v) noticed by %s on its reference to %s after %v: %v",
+				d.fault.kind, d.fault.target, d.fault.detail, d.fault.start.Sub(c.start).Seconds(), d.fault.concurrent, c.congestedBefore(d), d.idle,
 				d.node, c.nameOf(d.ref.ID(), d.ref), d.took.Round(time.Millisecond), d.ref.Err())
 		}
 	}
@@ -233,9 +244,11 @@ func (c *chaos) report() {
 			len(oneWay), durQ(oneWay, .5).Round(time.Millisecond), durQ(oneWay, .99).Round(time.Millisecond), durQ(oneWay, 1).Round(time.Millisecond)),
 		fmt.Sprintf("after congestion %d detections on links that saw a latency spike, a pause or a stall of this process in the 5 minutes before (any kind of silent fault; %d stalls): p50 %v, p99 %v, max %v (bound 2s)",
 			len(stalled), c.stalls.Count(), durQ(stalled, .5).Round(time.Millisecond), durQ(stalled, .99).Round(time.Millisecond), durQ(stalled, 1).Round(time.Millisecond)),
+		fmt.Sprintf("idle references  %d detections on references with no call of their own outstanding: p50 %v, p99 %v, max %v (bound 2s)",
+			len(idle), durQ(idle, .5).Round(time.Millisecond), durQ(idle, .99).Round(time.Millisecond), durQ(idle, 1).Round(time.Millisecond)),
 		fmt.Sprintf("all silent       %d detections: p50 %v, p99 %v, max %v",
-			len(alone)+len(concurrent)+len(oneWay)+len(stalled), durQ(slices.Concat(alone, concurrent, oneWay, stalled), .5).Round(time.Millisecond),
-			durQ(slices.Concat(alone, concurrent, oneWay, stalled), .99).Round(time.Millisecond), durQ(slices.Concat(alone, concurrent, oneWay, stalled), 1).Round(time.Millisecond)),
+			len(alone)+len(concurrent)+len(oneWay)+len(stalled)+len(idle), durQ(slices.Concat(alone, concurrent, oneWay, stalled, idle), .5).Round(time.Millisecond),
+			durQ(slices.Concat(alone, concurrent, oneWay, stalled, idle), .99).Round(time.Millisecond), durQ(slices.Concat(alone, concurrent, oneWay, stalled, idle), 1).Round(time.Millisecond)),
 		fmt.Sprintf("hung (pauses)    %d evictions of paused servers, after %v", len(c.hangEv), c.hangEv),
 		fmt.Sprintf("reconnection     %d, p50 %v, max %v; over bound %d; churn %d",
 			len(c.reconnects), durQ(c.reconnects, .5).Round(time.Millisecond), durQ(c.reconnects, 1).Round(time.Millisecond), overBound, len(c.churn)),

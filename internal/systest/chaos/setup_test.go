@@ -47,9 +47,13 @@ func (c *chaos) run() {
 		}
 		cl.n = n
 		c.clients = append(c.clients, cl)
-		n.Peers().Subscribe(func(ev peer.Event) { c.onEvent(cl.name, nil, ev) })
+	}
+	// Every client is listed before any connects: the servers' events
+	// name their peers from the list.
+	for _, cl := range c.clients {
+		cl.n.Peers().Subscribe(func(ev peer.Event) { c.onEvent(cl.name, nil, ev) })
 		for addr := range c.byAddr {
-			n.Peers().Keep(addr)
+			cl.n.Peers().Keep(addr)
 		}
 	}
 	defer c.closeAll()

@@ -29,7 +29,9 @@ import (
 // KeepAlive and the peer's kernel acknowledges it, all without waking
 // either process. A peer that sent nothing for Interval is then checked by
 // one TCP_INFO read instead of a probe: acknowledged within KeepAlive +
-// MinTimeout, it is alive; otherwise a round of probes starts as above. An
+// MinTimeout/2, it is alive; otherwise a round of probes starts as above,
+// which must go unacknowledged for 2·MinTimeout (not MinTimeout: nothing
+// waits on an idle peer, and a short outage must not convict it). An
 // idle peer is still probed in user space every IdleProbe, and at once
 // when a call goes out to it or calls to it are outstanding, so a hung
 // process is caught when it matters.
@@ -110,10 +112,11 @@ func LAN() Config {
 		// keepalive each way a second, handled in the kernel, and one
 		// TCP_INFO read (about 1 µs) instead of four probe round trips
 		// (about 49 µs of CPU each). A silent idle peer is then noticed
-		// within KeepAlive + MinTimeout after its last acknowledgement, plus
-		// a round of probes: about 1.5 s at worst, against 0.5 s when every
-		// idle peer is probed four times a second (KeepAlive zero). A peer
-		// with calls outstanding is probed as before.
+		// within KeepAlive + MinTimeout/2 after its last acknowledgement,
+		// plus a round of probes of 2·MinTimeout: about 1.7 s at worst,
+		// against 0.5 s when every idle peer is probed four times a second
+		// (KeepAlive zero). A peer with calls outstanding is probed as
+		// before.
 		KeepAlive: time.Second,
 		// 30 s: a hung process is caught at the first call to it anyway;
 		// an idle one can wait. 10,000 idle peers then cost about 330
@@ -151,7 +154,7 @@ func WAN() Config {
 		HangAfter:     30 * time.Second, // retransmission timeouts start at 1 s here
 		DeadAfter:     10 * time.Second,
 		LateSlack:     250 * time.Millisecond,
-		KeepAlive:     2 * time.Second, // acknowledged within KeepAlive + MinTimeout even at 1 s RTT
+		KeepAlive:     3 * time.Second, // acknowledged within KeepAlive + MinTimeout/2 even at 1 s RTT
 		IdleProbe:     time.Minute,     // probes cost more on metered links
 	}
 }

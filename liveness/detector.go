@@ -54,6 +54,8 @@ const silentProbes = 3
 type detector struct {
 	est       Estimator
 	probing   time.Time // when the current round of probing began; zero if none
+	idleRound bool      // the round began because an idle peer's keepalives went unacknowledged
+	askedAt   time.Time // since when the peer owes an answer: the round's start, or its last bytes if calls were waiting
 	lastProbe time.Time
 	probes    int // probes sent this round
 	suspect   bool
@@ -97,10 +99,21 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, k
 			s.next = lastRecv.Add(cfg.Interval)
 			return s
 		}
-		if !urgent && !busy && d.keptAlive(cfg, &s, now, kernel) {
-			return s
+		stale := false
+		if !urgent && !busy {
+			var alive bool
+			if alive, stale = d.keptAlive(cfg, &s, now, kernel); alive {
+				return s
+			}
 		}
 		d.startRound(&s, now)
+		d.idleRound = stale
+		// A peer nobody asked anything owes answers from this round on; one
+		// with calls waiting, since it last sent anything.
+		d.askedAt = now
+		if busy {
+			d.askedAt = lastRecv
+		}
 		s.next = now.Add(min(timeout, cfg.RetryInterval))
 		return s
 	}
@@ -143,12 +156,13 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, k
 	// (Bytes in our kernel are not evidence: a peer that drips bytes
 	// without completing frames must not look alive. Our own starvation is
 	// caught by the late-check rule above.)
+	owed := now.Sub(d.askedAt)
 	switch {
 	case ok && d.silent(cfg, now, waited, ki):
 		s.dead = &Verdict{Kind: Silent, Silence: idle}
-	case idle >= cfg.HangAfter && ok:
+	case owed >= cfg.HangAfter && ok:
 		s.dead = &Verdict{Kind: Hung, Silence: idle}
-	case idle >= cfg.HangAfter || (!ok && waited >= max(timeout, cfg.DeadAfter)):
+	case owed >= cfg.HangAfter || (!ok && waited >= max(timeout, cfg.DeadAfter)):
 		s.dead = &Verdict{Kind: Unanswered, Silence: idle}
 	}
 	s.next = now.Add(cfg.RetryInterval)
@@ -170,28 +184,43 @@ func (d *detector) silent(cfg *Config, now time.Time, waited time.Duration, ki K
 	// Segments in flight: our probes, or (during a bulk transfer, when our
 	// probes wait behind the data and are slow to go out) the data itself.
 	inFlight := ki.Unacked >= silentProbes || (ki.Unacked > 0 && d.probes >= silentProbes)
-	return inFlight && waited >= cfg.MinTimeout && ki.LastAckRecv+ackGranularity >= bound
+	// A round begun for an idle peer's missing keepalive acknowledgement
+	// waits twice as long: nothing waits on that peer, and a short outage
+	// (a burst of drops in a host's input backlog, say) must not convict it.
+	minWait := cfg.MinTimeout
+	if d.idleRound {
+		minWait *= 2
+	}
+	return inFlight && waited >= minWait && ki.LastAckRecv+ackGranularity >= bound
 }
 
 // keptAlive reports whether an idle peer's kernel acknowledged our kernel's
 // keepalives lately, so that no probe is needed now, and schedules the next
 // look at the instant the acknowledgement could next be overdue.
-func (d *detector) keptAlive(cfg *Config, s *step, now time.Time, kernel func() (KernelInfo, bool)) bool {
+// It also reports whether the acknowledgements are overdue (stale): the
+// round of probes that follows is then one for an idle peer (idleRound).
+func (d *detector) keptAlive(cfg *Config, s *step, now time.Time, kernel func() (KernelInfo, bool)) (alive, stale bool) {
 	if cfg.KeepAlive <= 0 || kernel == nil || now.Sub(d.lastProbe) >= cfg.IdleProbe {
-		return false
+		return false, false
 	}
 	ki, ok := kernel()
 	if !ok || ki.Unacked > 0 {
-		return false // nothing to go by, or data in flight: probe
+		return false, false // nothing to go by, or data in flight: probe
 	}
-	bound := cfg.KeepAlive + cfg.MinTimeout
+	bound := keepAliveBound(cfg)
 	if ki.LastAckRecv >= bound {
-		return false
+		return false, true
 	}
 	s.kernelCheck = true
 	s.next = earliest(now.Add(max(bound-ki.LastAckRecv, cfg.RetryInterval)), d.lastProbe.Add(cfg.IdleProbe))
-	return true
+	return true, false
 }
+
+// keepAliveBound is how old an idle peer's last acknowledgement may be
+// before a round of probes starts: a keepalive every KeepAlive, late by the
+// kernel's timer slack (at most 64 ms for a 1 s timer), acknowledged within
+// a round trip; half of MinTimeout covers both.
+func keepAliveBound(cfg *Config) time.Duration { return cfg.KeepAlive + cfg.MinTimeout/2 }
 
 // stallMemory is how long a link that needed retries is treated as one
 // that may stall.
@@ -214,7 +243,7 @@ func (d *detector) sendProbe(s *step, now time.Time) {
 
 // endRound: the peer answered (or sent something).
 func (d *detector) endRound(s *step) {
-	d.probing, d.probes = time.Time{}, 0
+	d.probing, d.probes, d.idleRound = time.Time{}, 0, false
 	if d.suspect {
 		d.suspect = false
 		s.suspect = -1

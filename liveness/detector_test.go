@@ -258,7 +258,7 @@ func TestIdlePeerKeptAliveByKernel(t *testing.T) {
 			t.Fatalf("cut at +%v: verdict %v", offset, v)
 		}
 		took := at.Sub(cut)
-		if bound := cfg.KeepAlive + cfg.MinTimeout + cfg.MinTimeout + 2*cfg.RetryInterval; took > bound {
+		if bound := cfg.KeepAlive + cfg.MinTimeout/2 + 2*cfg.MinTimeout + 2*cfg.RetryInterval; took > bound {
 			t.Fatalf("cut at +%v: idle silent peer noticed after %v, bound %v", offset, took, bound)
 		}
 		// Before the cut: the learning probe only, and about one kernel
@@ -499,4 +499,40 @@ func TestLateChecksStillConvictSilent(t *testing.T) {
 		t.Fatalf("convicted %v after the cut, with every check late", took)
 	}
 	t.Logf("every check %v late: convicted %v after the cut (%d late checks)", 2*cfg.LateSlack, at.Sub(cut), s.late)
+}
+
+// An idle peer whose keepalive acknowledgement is lost once, and whose
+// answer to the probe that follows is late (a lost segment, retransmitted),
+// is not convicted: it owes answers from that round on, not from the last
+// bytes it sent, which for a peer kept alive by the kernel may be long ago.
+func TestIdlePeerLostKeepAliveIsNotConvicted(t *testing.T) {
+	cfg := LAN()
+	s := newSim(cfg)
+	lost := t0.Add(20 * time.Second) // a keepalive acknowledgement lost about then
+	s.answer = func(at time.Time) (time.Duration, bool) {
+		if at.After(lost) && at.Before(lost.Add(3*time.Second)) {
+			return 400 * time.Millisecond, true // the answer retransmitted after an RTO
+		}
+		return 200 * time.Microsecond, true
+	}
+	s.kernel = func(now time.Time) (KernelInfo, bool) {
+		if now.Before(lost) || now.After(lost.Add(3*time.Second)) {
+			return KernelInfo{LastAckRecv: 100 * time.Millisecond}, true
+		}
+		if p := s.probes[len(s.probes)-1]; p.After(lost) {
+			return KernelInfo{LastAckRecv: now.Sub(p) / 2}, true // the probe's segment is acknowledged
+		}
+		return KernelInfo{LastAckRecv: cfg.KeepAlive + 300*time.Millisecond}, true
+	}
+	v, at := s.run(t0.Add(time.Minute))
+	if v != nil {
+		t.Fatalf("an idle live peer convicted %v after its acknowledgement was lost: %v", at.Sub(lost), v)
+	}
+	escalated := false
+	for _, p := range s.probes {
+		escalated = escalated || (p.After(lost) && p.Before(lost.Add(3*time.Second)))
+	}
+	if !escalated {
+		t.Fatal("the lost acknowledgement started no round of probes: the test tests nothing")
+	}
 }

@@ -1,16 +1,11 @@
 package tether
 
 import (
-	"errors"
-	"io"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
-	"github.com/tetherrpc/tether/rpc"
 )
 
 // WithMetrics registers the node's Prometheus metrics on reg (see README,
@@ -66,7 +61,7 @@ func (n *Node) registerMetrics(reg prometheus.Registerer) error {
 	n.reg.Monitor().OnRTT(func(d time.Duration) { m.probeRTT.Observe(d.Seconds()) })
 	n.reg.Subscribe(func(ev peer.Event) {
 		if ev.Kind == peer.Disconnected {
-			m.evictions.WithLabelValues(causeLabel(ev.Cause)).Inc()
+			m.evictions.WithLabelValues(peer.CauseClass(ev.Cause)).Inc()
 		}
 	})
 	return nil
@@ -76,35 +71,6 @@ func (m *metrics) observeCall(method string, took time.Duration, _ error) {
 	m.callDuration.WithLabelValues(method).Observe(took.Seconds())
 }
 
-// causeLabel sorts an eviction's cause into a small, fixed set of labels.
-func causeLabel(err error) string {
-	var v *liveness.Verdict
-	switch {
-	case errors.As(err, &v):
-		switch v.Kind {
-		case liveness.Silent:
-			return "silent"
-		case liveness.Hung:
-			return "hung"
-		}
-		return "unanswered"
-	case errors.Is(err, rpc.ErrProtocolViolation):
-		return "protocol_violation"
-	case errors.Is(err, rpc.ErrPeerLeft):
-		return "peer_left"
-	case errors.Is(err, rpc.ErrClosed):
-		return "closed"
-	case errors.Is(err, peer.ErrReplaced):
-		return "replaced"
-	case errors.Is(err, io.EOF):
-		return "connection_closed"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "connection_reset"
-	case errors.Is(err, syscall.ETIMEDOUT):
-		return "tcp_timeout"
-	}
-	return "other"
-}
 
 // nodeCollector reads the node's statistics at scrape time.
 type nodeCollector struct{ n *Node }

@@ -281,9 +281,12 @@ func (f *fold) close() {
 	f.write(s)
 }
 
-// causeClass sorts a cause of death into a small, fixed set of classes
-// (the same as the node's eviction metrics use).
-func causeClass(err error) string {
+// CauseClass sorts a cause of death into a small, fixed set of classes:
+// silent, hung, unanswered, protocol_violation, peer_left, closed,
+// replaced, connection_closed, connection_reset, tcp_timeout or other. The
+// summary of a burst of evictions counts by them, and so do a node's
+// eviction metrics.
+func CauseClass(err error) string {
 	var v *liveness.Verdict
 	switch {
 	case errors.As(err, &v):

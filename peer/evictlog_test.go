@@ -317,8 +317,8 @@ func TestCauseClass(t *testing.T) {
 		{errors.New("operator"), "other"},
 		{ErrEvicted, "other"},
 	} {
-		if got := causeClass(c.err); got != c.want {
-			t.Errorf("causeClass(%v) = %q, want %q", c.err, got, c.want)
+		if got := CauseClass(c.err); got != c.want {
+			t.Errorf("CauseClass(%v) = %q, want %q", c.err, got, c.want)
 		}
 	}
 }

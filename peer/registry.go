@@ -374,7 +374,7 @@ func (r *Registry) gone(p *Peer) {
 	if quiet(cause) || closing {
 		fl, level, msg = r.left, zap.InfoLevel, "peer disconnected"
 	}
-	if fl.single(fl.clock.Now(), p.id, causeClass(cause), st.FailedAtDeath, size) {
+	if fl.single(fl.clock.Now(), p.id, CauseClass(cause), st.FailedAtDeath, size) {
 		r.log.Log(level, msg,
 			zap.String("peer", string(p.id)), zap.String("addr", p.addr),
 			zap.String("cause", cause.Error()), zap.Int("calls_cancelled", st.FailedAtDeath),

@@ -71,7 +71,6 @@ func (m *metrics) observeCall(method string, took time.Duration, _ error) {
 	m.callDuration.WithLabelValues(method).Observe(took.Seconds())
 }
 
-
 // nodeCollector reads the node's statistics at scrape time.
 type nodeCollector struct{ n *Node }
 

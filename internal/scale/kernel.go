@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/tetherrpc/tether/partition"
@@ -111,40 +110,6 @@ func TuneNamespace() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// RaiseFileLimit raises this process's limit on open files to at least n,
-// raising the hard limit too where it may (as root).
-func RaiseFileLimit(n int) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	want := uint64(n)
-	if lim.Cur >= want {
-		return nil
-	}
-	if lim.Max < want {
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err == nil {
-			return nil
-		}
-		lim.Cur = lim.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			return err
-		}
-		return fmt.Errorf("scale: open files limited to %d, %d wanted", lim.Max, n)
-	}
-	lim.Cur = want
-	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
-}
-
-// cpuTime is the CPU time this process has used, user and system.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // tool finds a program on PATH or in the sbin directories.

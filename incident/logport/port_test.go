@@ -12,6 +12,7 @@ import (
 
 	"github.com/tetherrpc/tether/incident"
 	"github.com/tetherrpc/tether/incident/logport"
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/rpc"
 )
 
@@ -262,6 +263,9 @@ func TestResumeWithoutHistoryShowsGap(t *testing.T) {
 	e.log.Info("one")
 	x.next(t)
 	x.stop()
+	// The port lets the subscriber go once it sees the stream end: until
+	// then "two" would still reach it and be kept for it.
+	ttest.WaitFor(t, 10*time.Second, func() bool { return len(e.port.Subscribers()) == 0 }, "the port to let the stopped subscriber go")
 	e.log.Info("two")
 	e.log.Info("three")
 	y := subscribe(t, logport.StreamFunc(c.OpenStream), logport.From(x.pos))

@@ -87,12 +87,6 @@ func TestAcceptorRunsOnlyWhileStreamsCome(t *testing.T) {
 	if !running() {
 		t.Fatal("no accepting goroutine right after a stream")
 	}
-	deadline := time.Now().Add(acceptIdle + 5*time.Second)
-	for running() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the accepting goroutine still runs %v after the last stream", acceptIdle+5*time.Second)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return !running() }, "the accepting goroutine to leave after the last stream")
 	roundTrip() // a new goroutine accepts it
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tetherrpc/tether/internal/ttest"
 )
 
 func TestCallRawAndCodec(t *testing.T) {
@@ -482,13 +484,7 @@ func TestCallOnDeadConnDoesNoIO(t *testing.T) {
 
 func waitFor(t testing.TB, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	ttest.WaitFor(t, 10*time.Second, cond, what)
 }
 
 var _ io.ReadWriteCloser = (*Stream)(nil)

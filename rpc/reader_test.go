@@ -17,13 +17,7 @@ func readerRunning(c *Conn) bool {
 // waitParked waits until c's reader parks, failing the test past a bound.
 func waitParked(t *testing.T, c *Conn) {
 	t.Helper()
-	deadline := time.Now().Add(parkAfter + 5*time.Second)
-	for readerRunning(c) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the reader still runs %v after the last frame", parkAfter+5*time.Second)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return !readerRunning(c) }, "the reader to park after the last frame")
 }
 
 // An idle connection parks its reader; a call, a probe, a goodbye and a

@@ -19,9 +19,9 @@ type Target interface {
 
 // Events are what a Monitor tells about a watched peer.
 type Events struct {
-	// Suspect, if set, is called with true when the peer becomes overdue
-	// (route new work elsewhere where there is a choice) and with false
-	// when it answers again. It runs on the monitor's goroutine: no blocking.
+	// Suspect, if set, is called with true when the peer becomes suspect (no
+	// answer to probes within the adaptive timeout: route new work elsewhere
+	// where there is a choice) and with false when it answers again. It runs on the monitor's goroutine: no blocking.
 	Suspect func(suspect bool)
 	// Dead is called once when the peer is declared dead, in a goroutine
 	// of its own; the watch is then stopped.
@@ -165,7 +165,8 @@ func (w *Watch) Kick() {
 	m.wake()
 }
 
-// Suspect reports whether the peer is overdue now.
+// Suspect reports whether the peer is suspect now: it has not answered
+// probes within the adaptive timeout.
 func (w *Watch) Suspect() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -390,7 +390,7 @@ func (r *Registry) gone(p *Peer) {
 // every reference the registry has held; Peers, Suspect, Outstanding and
 // Serving are now.
 type Stats struct {
-	Peers, Suspect       int // live references, and how many are overdue
+	Peers, Suspect       int // live references, and how many are suspect
 	Outstanding, Serving int // our calls awaiting answers; the peers' calls running here
 	Connects             uint64
 	Disconnects          uint64

@@ -215,7 +215,7 @@ func (r *Result) compute(d runData) {
 		r.add(since(at.drop), "partition", fmt.Sprintf("partition: %s silenced by %s (took %.1f ms)", victim, s.g.silence.how(), r.SilenceCostMS))
 		if sus, ok := find(d.events, peer.Suspected, victim, at.drop); ok {
 			r.SuspectMS = ptr(ms(sus.Time.Sub(at.drop)))
-			r.add(since(sus.Time), "suspect", fmt.Sprintf("%s suspected (overdue): new work goes elsewhere", victim))
+			r.add(since(sus.Time), "suspect", fmt.Sprintf("%s suspect (no answer to probes in time): new work goes elsewhere", victim))
 		}
 		evict, evicted = find(d.events, peer.Disconnected, victim, at.drop)
 	}

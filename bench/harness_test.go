@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tetherrpc/tether/internal/ttest"
 )
 
 // payloadSize is the size of every request and of every reply.
@@ -36,29 +38,8 @@ type system struct {
 // tcpPair returns both ends of one loopback TCP connection.
 func tcpPair(tb testing.TB) (client, server net.Conn) {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- res{c, err}
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		tb.Fatal(r.err)
-	}
-	return client, r.c
+	c, s := ttest.TCPPair(tb)
+	return c, s
 }
 
 func newPayload() []byte {

@@ -50,8 +50,8 @@
 //
 // What it costs: the kernel counts keepalive in whole seconds, so a silent
 // idle peer is noticed within KeepAlive + MinTimeout after its last
-// acknowledgement plus a round of probes, 0.7-1.55 s at the default (p50
-// 1.2 s) against 0.25-0.5 s when every idle peer is probed four times a
+// acknowledgement plus a round of probes, 0.78-1.68 s at the default (p50
+// 1.28 s) against 0.25-0.5 s when every idle peer is probed four times a
 // second (KeepAlive zero). A peer with calls outstanding, or to which a
 // call goes out after a quiet spell, is probed as before and noticed within
 // 0.5 s, which is what callers wait on. A hung process whose kernel still

@@ -3,6 +3,7 @@ package rpc
 import (
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base32"
 	"fmt"
 	"time"
@@ -52,6 +53,13 @@ type Config struct {
 	// handshake. The peer's ID is then derived from its certificate's public
 	// key, so no one can claim another's ID; see TLSConfig.
 	TLS *tls.Config
+
+	// Admit, when set, decides in the handshake whether to talk to the
+	// peer, by its ID and (with TLS) its certificate, nil without TLS; an
+	// error refuses it, and both sides' errors match ErrNotAdmitted. Both
+	// the acceptor and the dialer ask it, so a dialer refuses a server it
+	// did not expect. It runs once per handshake and must be quick.
+	Admit func(id string, cert *x509.Certificate) error
 
 	// ExpectID, for Client: refuse the peer unless its ID is this one. With
 	// TLS the check is authenticated; without, it guards against dialing the

@@ -126,6 +126,8 @@ func refused(by, reason string) error {
 		return fmt.Errorf("%w: refused by %s: %s", ErrSelf, by, reason)
 	case strings.Contains(reason, tlsRequired):
 		return fmt.Errorf("%w: refused by %s: %s", ErrTLSMismatch, by, reason)
+	case strings.HasPrefix(reason, ErrNotAdmitted.Error()):
+		return fmt.Errorf("%w: refused by %s: %s", ErrNotAdmitted, by, reason)
 	}
 	return fmt.Errorf("refused by %s: %s", by, reason)
 }

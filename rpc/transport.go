@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -62,6 +63,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 
 	transport := conn
 	var certID string
+	var cert *x509.Certificate
 	if cfg.TLS != nil {
 		var tc *tls.Conn
 		if server {
@@ -72,7 +74,8 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return nil, tlsFailure(conn, err, server)
 		}
-		certID = IDFromCertificate(tc.ConnectionState().PeerCertificates[0])
+		cert = tc.ConnectionState().PeerCertificates[0]
+		certID = IDFromCertificate(cert)
 		transport = tc
 	}
 
@@ -100,6 +103,10 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 			refuse(err.Error())
 			return nil, err
 		}
+		if err := admit(cfg, theirs.id, cert); err != nil {
+			refuse(notAdmitted)
+			return nil, err
+		}
 		if _, err := transport.Write(mine.marshal()); err != nil {
 			return nil, err
 		}
@@ -121,6 +128,10 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 		}
 		if err := checkID(theirs.id, cfg.ID, certID, cfg.ExpectID); err != nil {
 			refuse(err.Error()) // so that the acceptor knows who refused, and why
+			return nil, err
+		}
+		if err := admit(cfg, theirs.id, cert); err != nil {
+			refuse(notAdmitted)
 			return nil, err
 		}
 	}

@@ -90,11 +90,12 @@ var (
 	descHealthy   = prometheus.NewDesc("tether_healthy", "1 when /healthz would answer 200, else 0.", nil, nil)
 	descHandlers  = prometheus.NewDesc("tether_handlers_in_flight", "Handler calls running now, as the watchdog counts them.", nil, nil)
 	descPenalized = prometheus.NewDesc("tether_connections_penalized_total", "Connections closed at accept, unheard, because their host broke the protocol lately (WithViolationPenalty).", nil, nil)
+	descRefused   = prometheus.NewDesc("tether_handshakes_refused_total", "Handshakes refused, by reason: not_admitted, the admission policy (WithAdmission) refused the peer, on either side.", []string{"reason"}, nil)
 	descIncidents = prometheus.NewDesc("tether_incidents_total", "Incident reports: opened, folded (triggers merged into an open one), suppressed (rate limit), written.", []string{"state"}, nil)
 )
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descInFlight, descCalls, descConnects, descReconnect, descLate, descUnsent, descProbes, descLate2, descLog, descLogQueued, descIncidents, descFindings, descHealthy, descHandlers, descPenalized} {
+	for _, d := range []*prometheus.Desc{descPeers, descInFlight, descCalls, descConnects, descReconnect, descLate, descUnsent, descProbes, descLate2, descLog, descLogQueued, descIncidents, descFindings, descHealthy, descHandlers, descPenalized, descRefused} {
 		ch <- d
 	}
 }
@@ -122,6 +123,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descProbes, ms.Probes)
 	counter(descLate2, ms.LateChecks)
 	counter(descPenalized, n.penaltyRefused.Load())
+	counter(descRefused, n.opts.admission.refusals(), "not_admitted")
 	ws := n.wd.Stats()
 	for kind, v := range ws.Found {
 		counter(descFindings, v, kind.String())

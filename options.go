@@ -28,6 +28,7 @@ type options struct {
 	actions     Actions
 	logPort     []logport.Option
 	penalty     [2]time.Duration
+	admission   *admission // nil: everyone is admitted
 }
 
 // WithHeartbeat sets the base probe interval: a peer that sends nothing for
@@ -82,8 +83,11 @@ func WithHangAfter(d time.Duration) Option { return func(o *options) { o.hangAft
 
 // WithRPCConfig sets the connection limits and codec (message size,
 // concurrent calls per peer, handshake timeout, stream window, codec). Its
-// ID, Mux, TLS and Logger fields are the node's own and are ignored.
-func WithRPCConfig(c rpc.Config) Option { return func(o *options) { o.rpc = c } }
+// ID, Mux, TLS and Logger fields are the node's own and are ignored, and so
+// is Admit (see WithAdmission).
+func WithRPCConfig(c rpc.Config) Option {
+	return func(o *options) { c.Admit = o.rpc.Admit; o.rpc = c }
+}
 
 // WithID sets the node's ID (without TLS; with TLS the ID is the key's).
 // Default: a random ID per process. Keep it across restarts so that peers

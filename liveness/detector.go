@@ -61,6 +61,7 @@ type detector struct {
 	suspect   bool
 	urgent    bool      // Kick: start a round now, idle or not
 	stalledAt time.Time // when an answer last needed retries
+	slot      time.Time // when the probe budget lets this idle peer be probed; zero if none is held
 }
 
 // step is what the detector decided at one check.
@@ -69,6 +70,7 @@ type step struct {
 	suspect     int       // +1: became suspect; -1: no longer suspect
 	late        bool      // the check ran late: we re-probed rather than judged
 	kernelCheck bool      // an idle peer was found alive by its kernel's acknowledgements
+	deferred    bool      // an idle peer's probe waits for its slot in the probe budget
 	dead        *Verdict  // non-nil: evict
 	next        time.Time // when to check again
 }
@@ -76,8 +78,9 @@ type step struct {
 // check decides what to do at now. due is when the check was meant to run;
 // lastRecv is when bytes last arrived; busy says our calls to the peer are
 // outstanding; kernel, if not nil, reads the kernel's evidence (it is called
-// only for an idle peer, and while a round of probing is overdue).
-func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, kernel func() (KernelInfo, bool)) (s step) {
+// only for an idle peer, and while a round of probing is overdue); budget,
+// if not nil, spaces out the probes of idle peers without kernel evidence.
+func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, kernel func() (KernelInfo, bool), budget *probeBudget) (s step) {
 	if d.est.Samples() == 0 && d.lastProbe.IsZero() {
 		s.probe = true // learn the round trip at once
 		d.lastProbe = now
@@ -101,11 +104,27 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, k
 		}
 		stale := false
 		if !urgent && !busy {
-			var alive bool
-			if alive, stale = d.keptAlive(cfg, &s, now, kernel); alive {
+			switch d.keptAlive(cfg, &s, now, kernel) {
+			case kernelAlive:
 				return s
+			case kernelStale:
+				stale = true
+			case kernelNone:
+				// Nothing but a probe tells whether this idle peer lives:
+				// it waits for its slot in the budget, and is looked at
+				// every Interval meanwhile, so that a call that goes out
+				// to it (busy) is not kept waiting.
+				if d.slot.IsZero() {
+					d.slot = budget.take(now)
+				}
+				if now.Before(d.slot) {
+					s.deferred = true
+					s.next = earliest(d.slot, now.Add(cfg.Interval))
+					return s
+				}
 			}
 		}
+		d.slot = time.Time{}
 		d.startRound(&s, now)
 		d.idleRound = stale
 		// A peer nobody asked anything owes answers from this round on; one
@@ -194,26 +213,42 @@ func (d *detector) silent(cfg *Config, now time.Time, waited time.Duration, ki K
 	return inFlight && waited >= minWait && ki.LastAckRecv+ackGranularity >= bound
 }
 
+// What the kernel says of an idle peer (keptAlive).
+type kernelWord int
+
+const (
+	kernelNone  kernelWord = iota // no evidence: no keepalive, not TCP, not Linux
+	kernelAlive                   // keepalives acknowledged lately: no probe needed now
+	kernelStale                   // keepalives not acknowledged in time: probe
+	kernelProbe                   // probe anyway: IdleProbe is due, or data is in flight
+)
+
 // keptAlive reports whether an idle peer's kernel acknowledged our kernel's
-// keepalives lately, so that no probe is needed now, and schedules the next
-// look at the instant the acknowledgement could next be overdue.
-// It also reports whether the acknowledgements are overdue (stale): the
-// round of probes that follows is then one for an idle peer (idleRound).
-func (d *detector) keptAlive(cfg *Config, s *step, now time.Time, kernel func() (KernelInfo, bool)) (alive, stale bool) {
-	if cfg.KeepAlive <= 0 || kernel == nil || now.Sub(d.lastProbe) >= cfg.IdleProbe {
-		return false, false
+// keepalives lately (kernelAlive), so that no probe is needed now, and then
+// schedules the next look at the instant the acknowledgement could next be
+// overdue. If the acknowledgements are overdue (kernelStale), the round of
+// probes that follows is one for an idle peer (idleRound).
+func (d *detector) keptAlive(cfg *Config, s *step, now time.Time, kernel func() (KernelInfo, bool)) kernelWord {
+	if cfg.KeepAlive <= 0 || kernel == nil {
+		return kernelNone
+	}
+	if now.Sub(d.lastProbe) >= cfg.IdleProbe {
+		return kernelProbe
 	}
 	ki, ok := kernel()
-	if !ok || ki.Unacked > 0 {
-		return false, false // nothing to go by, or data in flight: probe
+	switch {
+	case !ok:
+		return kernelNone
+	case ki.Unacked > 0:
+		return kernelProbe // data in flight: probe
 	}
 	bound := keepAliveBound(cfg)
 	if ki.LastAckRecv >= bound {
-		return false, true
+		return kernelStale
 	}
 	s.kernelCheck = true
 	s.next = earliest(now.Add(max(bound-ki.LastAckRecv, cfg.RetryInterval)), d.lastProbe.Add(cfg.IdleProbe))
-	return true, false
+	return kernelAlive
 }
 
 // keepAliveBound is how old an idle peer's last acknowledgement may be

@@ -25,6 +25,7 @@ type sim struct {
 	// lag, if set, is how late each check runs.
 	lag     func(due time.Time) time.Duration
 	answers []time.Time // pending answer arrival times
+	budget  *probeBudget
 }
 
 // run steps until a verdict or until the deadline; it returns the verdict
@@ -49,7 +50,7 @@ func (s *sim) run(until time.Time) (*Verdict, time.Time) {
 			now := s.now
 			kernel = func() (KernelInfo, bool) { return s.kernel(now) }
 		}
-		st := s.d.check(&s.cfg, s.now, due, s.lastRecv, s.busy, kernel)
+		st := s.d.check(&s.cfg, s.now, due, s.lastRecv, s.busy, kernel, s.budget)
 		if st.late {
 			s.late++
 		}
@@ -109,7 +110,7 @@ func TestBusyPeerIsNotProbed(t *testing.T) {
 	for i := range 100 {
 		s.lastRecv = t0.Add(time.Duration(i) * 100 * time.Millisecond)
 		s.now = s.lastRecv.Add(99 * time.Millisecond)
-		st := s.d.check(&s.cfg, s.now, time.Time{}, s.lastRecv, false, nil)
+		st := s.d.check(&s.cfg, s.now, time.Time{}, s.lastRecv, false, nil, s.budget)
 		if st.probe || st.dead != nil {
 			t.Fatalf("busy peer probed or convicted at step %d: %+v", i, st)
 		}
@@ -350,13 +351,13 @@ func TestLateChecksReprobe(t *testing.T) {
 	s.now = t0.Add(3 * time.Second)
 	due := t0.Add(cfg.Interval)
 	s.kernel = func(time.Time) (KernelInfo, bool) { return KernelInfo{LastAckRecv: 3 * time.Second, Unacked: 1}, true }
-	st := s.d.check(&s.cfg, s.now, due, s.lastRecv, true, func() (KernelInfo, bool) { return s.kernel(s.now) })
+	st := s.d.check(&s.cfg, s.now, due, s.lastRecv, true, func() (KernelInfo, bool) { return s.kernel(s.now) }, s.budget)
 	if st.dead != nil || !st.probe {
 		t.Fatalf("first check after a pause: %+v", st)
 	}
 	// Probing had not started: this starts a round. Pause again mid-round.
 	s.now = st.next.Add(time.Second)
-	st = s.d.check(&s.cfg, s.now, st.next, s.lastRecv, true, func() (KernelInfo, bool) { return s.kernel(s.now) })
+	st = s.d.check(&s.cfg, s.now, st.next, s.lastRecv, true, func() (KernelInfo, bool) { return s.kernel(s.now) }, s.budget)
 	if st.dead != nil || !st.late || !st.probe {
 		t.Fatalf("late check mid-round: %+v", st)
 	}

@@ -33,8 +33,9 @@ type Events struct {
 // goroutine each, and a peer that carried traffic within the interval costs
 // no probe.
 type Monitor struct {
-	cfg   Config
-	clock Clock
+	cfg    Config
+	clock  Clock
+	budget *probeBudget // used by the monitor's goroutine only
 
 	mu   sync.Mutex
 	h    watchHeap
@@ -42,8 +43,8 @@ type Monitor struct {
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	probes, late, verdicts, kernelChecks atomic.Uint64
-	onRTT                                atomic.Pointer[func(time.Duration)]
+	probes, late, verdicts, kernelChecks, deferred atomic.Uint64
+	onRTT                                          atomic.Pointer[func(time.Duration)]
 }
 
 // OnRTT sets a function told of every probe's round trip (for metrics). It
@@ -58,7 +59,7 @@ func NewMonitor(cfg Config, clock Clock) (*Monitor, error) {
 	if clock == nil {
 		clock = realClock{}
 	}
-	m := &Monitor{cfg: cfg, clock: clock, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	m := &Monitor{cfg: cfg, clock: clock, budget: newProbeBudget(cfg.IdleProbeBudget), kick: make(chan struct{}, 1), done: make(chan struct{})}
 	m.wg.Add(1)
 	go m.run()
 	return m, nil
@@ -85,6 +86,9 @@ type MonitorStats struct {
 	KernelChecks uint64 // idle peers found alive by their kernel's acknowledgements, without a probe
 	LateChecks   uint64 // checks that ran late, so re-probed instead of judged
 	Verdicts     uint64 // peers declared dead
+	// Deferred counts checks of idle peers without kernel evidence that
+	// put off their probe to their slot in Config.IdleProbeBudget.
+	Deferred uint64
 }
 
 // Stats returns the monitor's counters.
@@ -93,7 +97,7 @@ func (m *Monitor) Stats() MonitorStats {
 	n := len(m.h)
 	m.mu.Unlock()
 	return MonitorStats{Watched: n, Probes: m.probes.Load(), KernelChecks: m.kernelChecks.Load(),
-		LateChecks: m.late.Load(), Verdicts: m.verdicts.Load()}
+		LateChecks: m.late.Load(), Verdicts: m.verdicts.Load(), Deferred: m.deferred.Load()}
 }
 
 // Watch is one watched peer.
@@ -244,7 +248,7 @@ func (m *Monitor) check(w *Watch, now time.Time) {
 		return
 	}
 	busy := w.busy != nil && w.busy() > 0
-	st := w.det.check(&m.cfg, now, w.due, w.t.LastReceived(), busy, w.kernel)
+	st := w.det.check(&m.cfg, now, w.due, w.t.LastReceived(), busy, w.kernel, m.budget)
 	if st.dead != nil {
 		w.stopped = true
 	}
@@ -254,6 +258,9 @@ func (m *Monitor) check(w *Watch, now time.Time) {
 	}
 	if st.kernelCheck {
 		m.kernelChecks.Add(1)
+	}
+	if st.deferred {
+		m.deferred.Add(1)
 	}
 	if st.probe {
 		m.probes.Add(1)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/tetheropts"
 	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/liveness"
@@ -198,8 +199,9 @@ func TestMaxCallsRestart(t *testing.T) {
 	dir := t.TempDir()
 	codes := make(chan int, 1)
 	zl, logs := observed()
-	b, err := tether.Listen("127.0.0.1:0", tether.WithLogger(zl), tether.WithIncidentDir(dir),
-		tether.WithActions(tether.Actions{MaxCalls: 5, Exit: func(c int) { codes <- c }}))
+	act := tether.Actions{MaxCalls: 5}
+	tetheropts.SetExit(&act.Internal, func(c int) { codes <- c })
+	b, err := tether.Listen("127.0.0.1:0", tether.WithLogger(zl), tether.WithIncidentDir(dir), tether.WithActions(act))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tetherrpc/tether/internal/tetheropts"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -39,8 +40,9 @@ type Actions struct {
 	MaxCalls uint64
 	// DrainTimeout bounds a drain's wait for calls in flight. Default 30 s.
 	DrainTimeout time.Duration
-	// Exit ends the process; default os.Exit. (Tests replace it.)
-	Exit func(code int)
+	// Internal holds options for tether's own tests; nothing outside this
+	// module can set them.
+	Internal tetheropts.Actions
 }
 
 // WithActions turns on the node's own actions about its health and age.
@@ -60,8 +62,8 @@ func (a *Actions) defaults() {
 	if a.DrainTimeout <= 0 {
 		a.DrainTimeout = 30 * time.Second
 	}
-	if a.Exit == nil {
-		a.Exit = os.Exit
+	if tetheropts.Exit(&a.Internal) == nil {
+		tetheropts.SetExit(&a.Internal, os.Exit)
 	}
 }
 
@@ -116,7 +118,7 @@ func (n *Node) restart(why string) {
 			n.logger.Warn("drain cut short", zap.Error(err))
 		}
 		n.Close()
-		a.Exit(ExitRestart)
+		tetheropts.Exit(&a.Internal)(ExitRestart)
 	}()
 }
 

@@ -36,6 +36,7 @@ import (
 
 	"github.com/tetherrpc/tether/incident"
 	"github.com/tetherrpc/tether/incident/logport"
+	"github.com/tetherrpc/tether/internal/tetheropts"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -105,7 +106,7 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 	}
 	rc := o.rpc
 	rc.ID, rc.Mux, rc.TLS, rc.Logger = o.id, n.mux, o.tls, n.logger
-	rc.StartPaused = true // the registry resumes each connection once it is registered
+	tetheropts.SetPaused(&rc.Internal, true) // the registry resumes each connection once it is registered
 	if o.tls != nil {
 		rc.ID = ""
 	}
@@ -124,7 +125,7 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 	}
 	if o.metrics != nil {
 		n.metrics = newMetrics()
-		pcfg.ObserveCall = n.metrics.observeCall
+		tetheropts.SetObserveCall(&pcfg.Internal, n.metrics.observeCall)
 	}
 	reg, err := peer.New(pcfg)
 	if err != nil {
@@ -281,7 +282,6 @@ func (n *Node) dialConn(ctx context.Context, addr string) (*rpc.Conn, error) {
 	if at := strings.LastIndexByte(addr, '@'); at >= 0 {
 		cfg.ExpectID, hostport = addr[:at], addr[at+1:]
 	}
-	cfg.Label = hostport
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", hostport)
 	if err != nil {
@@ -435,7 +435,6 @@ func (n *Node) handshakeDone(h *pendingHandshake, ok bool) bool {
 // slot, and registers it.
 func (n *Node) serveConn(nc net.Conn, h *pendingHandshake) {
 	cfg := *n.rcfg
-	cfg.Label = nc.RemoteAddr().String()
 	c, err := rpc.Server(n.ctx, nc, &cfg)
 	if !n.handshakeDone(h, err == nil) {
 		if c != nil {
@@ -449,9 +448,7 @@ func (n *Node) serveConn(nc net.Conn, h *pendingHandshake) {
 		n.logger.Info("handshake refused", zap.Stringer("addr", nc.RemoteAddr()), zap.Error(err))
 		return
 	}
-	if _, err := n.reg.Add(c, nc.RemoteAddr().String(), false); err != nil {
-		c.Close()
-	}
+	tetheropts.AddIncoming(n.reg, c, nc.RemoteAddr().String()) // on error, c is closed
 }
 
 // errHandshakeCut ends a connection whose handshake finished just as it

@@ -126,7 +126,7 @@ func (f *fleet) add() (*Peer, error) {
 		ours.Close()
 		return nil, errors.New("server side of the pipe failed its handshake")
 	}
-	return f.r.Add(ours, "pipe-"+id, true)
+	return f.r.add(ours, "pipe-"+id, true)
 }
 
 // close resets the far ends first (a goodbye to each of 10,000 peers

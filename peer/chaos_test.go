@@ -14,6 +14,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 
+	"github.com/tetherrpc/tether/internal/tetheropts"
 	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
@@ -119,7 +120,8 @@ func TestChaosInMemory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rcfg := &rpc.Config{ID: name, Mux: mux, StartPaused: true}
+		rcfg := &rpc.Config{ID: name, Mux: mux}
+		tetheropts.SetPaused(&rcfg.Internal, true)
 		reg, err := New(Config{
 			LocalID:  ID(name),
 			Liveness: liveness.Local(),
@@ -182,7 +184,7 @@ func TestChaosInMemory(t *testing.T) {
 					nc.Close()
 					continue
 				}
-				if _, err := reg.Add(c, nc.RemoteAddr().String(), false); err != nil {
+				if _, err := reg.add(c, nc.RemoteAddr().String(), false); err != nil {
 					c.Close()
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tetherrpc/tether/internal/tetheropts"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -89,7 +90,7 @@ func (p *Peer) markOverdue() {
 // probe along with it, so that a peer gone silent is noticed sooner.
 func (p *Peer) Call(ctx context.Context, method string, args, reply any) error {
 	p.kickIfQuiet()
-	obs := p.reg.cfg.ObserveCall
+	obs := tetheropts.ObserveCall(&p.reg.cfg.Internal)
 	if obs == nil {
 		return p.conn.Call(ctx, method, args, reply)
 	}

@@ -96,7 +96,7 @@ func TestAddGetEvict(t *testing.T) {
 		return nil, ctx.Err()
 	}))
 	ours, _ := conns(t, "b", mux)
-	p, err := r.Add(ours, "pipe", true)
+	p, err := r.add(ours, "pipe", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,8 +140,8 @@ func TestDuplicateConnections(t *testing.T) {
 	r := registry(t, Config{LocalID: "m"})
 	c1, _ := conns(t, "z", nil)
 	c2, _ := conns(t, "z", nil)
-	p1, _ := r.Add(c1, "x", true)
-	p2, _ := r.Add(c2, "x", true)
+	p1, _ := r.add(c1, "x", true)
+	p2, _ := r.add(c2, "x", true)
 	<-p1.Done() // retired: it had nothing in flight, so at once
 	if p2.conn != c2 || !errors.Is(p1.Err(), ErrReplaced) {
 		t.Fatalf("same dialer: kept %v, old err %v", p2.conn == c2, p1.Err())
@@ -149,7 +149,7 @@ func TestDuplicateConnections(t *testing.T) {
 	// Each side dialed one: the one dialed by the smaller ID ("m" < "z",
 	// so ours) stays, whatever the order.
 	c3, _ := conns(t, "z", nil)
-	p3, _ := r.Add(c3, "from z", false)
+	p3, _ := r.add(c3, "from z", false)
 	<-c3.Done()
 	if p3 != p2 || !errors.Is(c3.Err(), ErrReplaced) {
 		t.Fatalf("cross dial: got %v (c3 err %v)", p3, c3.Err())
@@ -157,8 +157,8 @@ func TestDuplicateConnections(t *testing.T) {
 	r2 := registry(t, Config{LocalID: "zz"}) // now the peer's ID is smaller
 	c4, _ := conns(t, "a", nil)
 	c5, _ := conns(t, "a", nil)
-	q4, _ := r2.Add(c4, "x", true)
-	q5, _ := r2.Add(c5, "from a", false)
+	q4, _ := r2.add(c4, "x", true)
+	q5, _ := r2.add(c5, "from a", false)
 	<-q4.Done()
 	if q5.conn != c5 || !errors.Is(q4.Err(), ErrReplaced) {
 		t.Fatal("cross dial: the peer-dialed connection should win when the peer's ID is smaller")
@@ -242,13 +242,13 @@ func TestSubscribeOrderAndCancel(t *testing.T) {
 	})
 	rec := record(r)
 	ours, _ := conns(t, "s", nil)
-	p, _ := r.Add(ours, "x", true)
+	p, _ := r.add(ours, "x", true)
 	rec.next(t)
 	p.Evict(nil)
 	rec.next(t)
 	cancel()
 	ours2, _ := conns(t, "s2", nil)
-	r.Add(ours2, "y", true)
+	r.add(ours2, "y", true)
 	rec.next(t)
 	mu.Lock()
 	defer mu.Unlock()
@@ -282,7 +282,7 @@ func TestEventCauseIsPeerErr(t *testing.T) {
 	r := registry(t, Config{})
 	rec := record(r)
 	ours, _ := conns(t, "b", rpc.NewMux())
-	p, err := r.Add(ours, "pipe", true)
+	p, err := r.add(ours, "pipe", true)
 	if err != nil {
 		t.Fatal(err)
 	}

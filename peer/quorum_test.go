@@ -38,7 +38,7 @@ func grid(t *testing.T, r *Registry, n int, delay func(i int) time.Duration, fai
 		}))
 		ours, theirs := conns(t, fmt.Sprintf("s%d", i), mux)
 		servers = append(servers, theirs)
-		p, err := r.Add(ours, "x", true)
+		p, err := r.add(ours, "x", true)
 		if err != nil {
 			t.Fatal(err)
 		}

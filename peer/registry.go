@@ -10,9 +10,20 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"go.uber.org/zap"
 
+	"github.com/tetherrpc/tether/internal/tetheropts"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/rpc"
 )
+
+func init() {
+	tetheropts.SetAddIncoming(func(r *Registry, c *rpc.Conn, addr string) error {
+		_, err := r.add(c, addr, false)
+		if err != nil {
+			c.Close()
+		}
+		return err
+	})
+}
 
 // Errors a Registry gives as causes of eviction, or returns.
 var (
@@ -56,9 +67,9 @@ type Config struct {
 	// incident=true, which a node's incident recorder takes as a trigger:
 	// one incident for the storm. No other eviction makes one.
 	Logger *zap.Logger
-	// ObserveCall, if set, is told of every Peer.Call when it returns: for
-	// latency metrics. It runs on the caller's goroutine and must be quick.
-	ObserveCall func(method string, took time.Duration, err error)
+	// Internal holds options for tether's own packages; nothing outside
+	// this module can set them.
+	Internal tetheropts.Peer
 }
 
 // DefaultBackOff is the reconnection backoff of a Config without one.
@@ -151,13 +162,14 @@ func (r *Registry) Monitor() *liveness.Monitor { return r.mon }
 // registry's peers.
 func (r *Registry) Hedge() *Hedge { return r.hedge }
 
-// Add registers a live connection and returns its reference. addr is where
-// it was dialed (dialed true) or where it came from. If the peer already has
+// add registers a live connection, made paused (tetheropts.SetPaused), and
+// returns its reference. addr is where it was dialed (dialed true) or where
+// it came from. If the peer already has
 // a live reference, one of the two connections is closed: when both were
 // dialed by the same side the newer wins (the dialer gave up on the older);
 // when each side dialed one, both sides keep the one dialed by the node with
-// the smaller ID. Add returns the reference that stays.
-func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
+// the smaller ID. add returns the reference that stays.
+func (r *Registry) add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	p := &Peer{
 		id:       ID(c.RemoteID()),
 		conn:     c,
@@ -206,7 +218,7 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 	liveness.SetKeepAlive(c.NetConn(), r.cfg.Liveness.KeepAlive)
 	r.goneWG.Add(1)
 	context.AfterFunc(c.Context(), func() { defer r.goneWG.Done(); r.gone(p) })
-	c.Resume() // registered: it may serve now (see rpc.Config.StartPaused)
+	tetheropts.ResumeConn(c) // registered: it may serve now
 	if old != nil && old.conn.Err() == nil {
 		r.retire(old.conn)
 	}
@@ -224,7 +236,7 @@ func (r *Registry) Add(c *rpc.Conn, addr string, dialed bool) (*Peer, error) {
 // retireWait), then says goodbye, so that neither side logs an eviction
 // and no call in flight on it is lost.
 func (r *Registry) retire(c *rpc.Conn) {
-	c.Resume()
+	tetheropts.ResumeConn(c)
 	r.retiring.Add(1)
 	go func() {
 		defer r.retiring.Done()
@@ -289,7 +301,7 @@ func (r *Registry) Dial(ctx context.Context, addr string) (*Peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.Add(c, addr, true)
+	return r.add(c, addr, true)
 }
 
 // Get returns the current live reference to id.

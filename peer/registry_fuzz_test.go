@@ -292,7 +292,7 @@ func (rig *fzRig) run(prog []byte) {
 				rig.violate("handshake over a pipe failed: %v", err)
 				return
 			}
-			p, err := rig.r.Add(local, id+":1", b%10 == 0)
+			p, err := rig.r.add(local, id+":1", b%10 == 0)
 			if err != nil {
 				rig.violate("Add: %v", err)
 				return
@@ -306,7 +306,7 @@ func (rig *fzRig) run(prog []byte) {
 			}
 			remote.Abort(errors.New("crashed"))
 			<-local.Done()
-			if _, err := rig.r.Add(local, id+":1", true); err != nil {
+			if _, err := rig.r.add(local, id+":1", true); err != nil {
 				rig.violate("Add of a dead conn: %v", err)
 			}
 		case 3:
@@ -549,7 +549,7 @@ func TestRegistryCloseTellsEveryDisconnect(t *testing.T) {
 		const n = 50
 		for i := range n {
 			ours, _ := conns(t, fmt.Sprintf("p%02d", i), nil)
-			if _, err := r.Add(ours, "x", true); err != nil {
+			if _, err := r.add(ours, "x", true); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -598,7 +598,7 @@ func TestRegistryConcurrentAddsTellInOrder(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, c := range cs {
 			wg.Add(1)
-			go func() { defer wg.Done(); r.Add(c, "x", true) }()
+			go func() { defer wg.Done(); r.add(c, "x", true) }()
 		}
 		wg.Wait()
 		// Let the replaced references' events arrive, then stop.

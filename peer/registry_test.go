@@ -282,7 +282,7 @@ func TestDialReusesByAddress(t *testing.T) {
 		t.Fatal("Dial of another address")
 	}
 	in, _ := conns(t, "c-peer", nil)
-	if _, err := r.Add(in, "c", false); err != nil {
+	if _, err := r.add(in, "c", false); err != nil {
 		t.Fatal(err)
 	}
 	if c, _ := r.Dial(ctx, "c"); !c.Dialed() || dials["c"] != 1 {
@@ -312,8 +312,8 @@ func TestIndexFollowsReplacement(t *testing.T) {
 	})
 	c1, _ := conns(t, "z", nil)
 	c2, _ := conns(t, "z", nil)
-	p1, _ := r.Add(c1, "x", true)
-	p2, _ := r.Add(c2, "x", true)
+	p1, _ := r.add(c1, "x", true)
+	p2, _ := r.add(c2, "x", true)
 	<-p1.Done()
 	checkIndex(t, r)
 	if s := r.Sample(5); len(s) != 1 || s[0] != p2 {
@@ -321,8 +321,8 @@ func TestIndexFollowsReplacement(t *testing.T) {
 	}
 	c3, _ := conns(t, "zz", nil)
 	c4, _ := conns(t, "zz", nil)
-	r.Add(c3, "y", false)
-	q, _ := r.Add(c4, "y", true) // dialed by us, the smaller ID: it wins
+	r.add(c3, "y", false)
+	q, _ := r.add(c4, "y", true) // dialed by us, the smaller ID: it wins
 	<-c3.Done()
 	checkIndex(t, r)
 	r.mu.Lock()

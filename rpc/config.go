@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/tetherrpc/tether/internal/tetheropts"
 )
 
 // Defaults of Config. Each is a limit that, when hit, gives a clear error to
@@ -104,14 +106,9 @@ type Config struct {
 	// none.
 	Logger *zap.Logger
 
-	// Label names the peer in errors and logs until the handshake tells its
-	// ID (usually its address). Optional.
-	Label string
-
-	// StartPaused makes Client and Server return a connection that reads
-	// nothing, so serves nothing, until its Resume: its owner can register
-	// it first (package peer does), and no handler runs before.
-	StartPaused bool
+	// Internal holds options for tether's own packages; nothing outside
+	// this module can set them.
+	Internal tetheropts.RPC
 }
 
 // resolved returns a copy with every default filled in.

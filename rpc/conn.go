@@ -10,7 +10,11 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"go.uber.org/zap"
+
+	"github.com/tetherrpc/tether/internal/tetheropts"
 )
+
+func init() { tetheropts.SetResumeConn((*Conn).resume) }
 
 // Conn is one connection to a peer: a yamux session over TCP or TLS that
 // carries calls in both directions on one control stream, and bulk data on
@@ -117,8 +121,8 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 		resumed:  make(chan struct{}),
 	}
 	c.drained = sync.NewCond(&c.wmu)
-	if !cfg.StartPaused {
-		c.Resume()
+	if !tetheropts.Paused(&cfg.Internal) {
+		c.resume()
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.ctx, c.kill = context.WithCancelCause(context.Background())
@@ -339,16 +343,16 @@ func (c *Conn) Leave(cause error) error {
 		t.Stop()
 	}
 	c.abort(cause, false) // a reset could overtake the goodbye
-	c.Resume()            // goroutines held by StartPaused must run to end
+	c.resume()            // goroutines held paused must run to end
 	c.wg.Wait()
 	return nil
 }
 
-// Resume lets a connection made with Config.StartPaused serve: until then
-// it reads nothing, so no handler runs before its owner is ready (a peer
-// registry, for one, registers the connection first). It does nothing on a
-// connection not paused, or already resumed.
-func (c *Conn) Resume() {
+// resume lets a connection made paused (tetheropts.SetPaused) serve: until
+// then it reads nothing, so no handler runs before its owner is ready (a
+// peer registry, for one, registers the connection first). It does nothing
+// on a connection not paused, or already resumed.
+func (c *Conn) resume() {
 	c.resumeOnce.Do(func() { close(c.resumed) })
 }
 

@@ -9,8 +9,9 @@ import (
 )
 
 // Proxy is a real TCP proxy on loopback, between a client and a target
-// address, that can stop forwarding, delay or reset connections on demand.
-// Its methods are safe for concurrent use.
+// address, that can stop forwarding, delay or reset connections on demand,
+// and carry them over a long path (see Link and SetLink). Its methods are
+// safe for concurrent use.
 //
 // A user-space proxy cannot make a true silent partition: the proxy's own
 // kernel still completes handshakes and acknowledges every segment sent to
@@ -25,7 +26,7 @@ type Proxy struct {
 	mu        sync.Mutex
 	wake      chan struct{} // closed when blackhole or closed changes; nil when nobody waits
 	blackhole bool
-	delay     time.Duration
+	links     [2]Link // up (client to target) and down
 	closed    bool
 	conns     map[*proxyConn]struct{}
 }
@@ -65,21 +66,40 @@ func (p *Proxy) Blackhole() {
 	p.broadcastLocked()
 }
 
-// Delay adds d of one-way latency to forwarded data, each direction, so a
-// round trip takes 2d more. Data already read keeps the delay it was read
-// under; order is kept. d <= 0 removes the delay.
-func (p *Proxy) Delay(d time.Duration) {
+// Directions of a proxied connection.
+const (
+	toTarget = 0
+	toClient = 1
+)
+
+// SetLink makes the proxy carry data from client to target over the link
+// up, and from target to client over down, for every connection, current
+// and later (see Link). Data already read keeps the link it was read
+// under; order is kept. SetLink(Link{}, Link{}) forwards at once again.
+//
+// A client reaches the target over the link by dialing Addr instead of the
+// target's address. A tether Node does the same: it dials p.Addr() (or
+// "id@" + p.Addr()) where it would dial the other Node's address, and every
+// call, stream and probe between them then crosses the link.
+func (p *Proxy) SetLink(up, down Link) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.delay = max(d, 0)
+	p.links = [2]Link{up.clean(), down.clean()}
 }
 
-// Heal ends Blackhole and Delay: held data and waiting connections go on.
+// Delay sets d of one-way latency each way and nothing else, so a round
+// trip takes 2d more: SetLink(Link{Delay: d}, Link{Delay: d}). d <= 0
+// removes the delay.
+func (p *Proxy) Delay(d time.Duration) {
+	p.SetLink(Link{Delay: d}, Link{Delay: d})
+}
+
+// Heal ends Blackhole: held data and waiting connections go on, over the
+// link as it is (Heal leaves the link set by SetLink or Delay alone).
 func (p *Proxy) Heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.blackhole = false
-	p.delay = 0
 	p.broadcastLocked()
 }
 
@@ -147,7 +167,8 @@ func (p *Proxy) acceptLoop() {
 			continue
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		pc := &proxyConn{client: c.(*net.TCPConn), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+		pc := &proxyConn{client: c.(*net.TCPConn), ctx: ctx, cancel: cancel, done: make(chan struct{}),
+			links: [2]*linkQueue{newLinkQueue(), newLinkQueue()}}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
@@ -179,8 +200,8 @@ func (p *Proxy) serve(pc *proxyConn) {
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.forward(pc, pc.client, pc.server) }()
-	p.forward(pc, pc.server, pc.client)
+	go func() { defer wg.Done(); p.forward(pc, toTarget, pc.client, pc.server) }()
+	p.forward(pc, toClient, pc.server, pc.client)
 	wg.Done()
 	wg.Wait()
 	pc.close()
@@ -222,10 +243,11 @@ func (p *Proxy) waitOpen(pc *proxyConn) bool {
 	}
 }
 
-func (p *Proxy) currentDelay() time.Duration {
+// link returns the link of direction dir.
+func (p *Proxy) link(dir int) Link {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.delay
+	return p.links[dir]
 }
 
 func (p *Proxy) broadcastLocked() {

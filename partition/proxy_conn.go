@@ -17,6 +17,8 @@ type proxyConn struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the connection ends
 
+	links [2]*linkQueue // what the link holds, up and down
+
 	mu     sync.Mutex
 	server *net.TCPConn
 	ended  bool
@@ -68,50 +70,47 @@ func (pc *proxyConn) abort() {
 	}
 }
 
-// segment is data read from one side, due to be written to the other.
-type segment struct {
-	data []byte
-	due  time.Time
-	err  error // the read's error, after the data; io.EOF for a clean end
-}
-
-// forward copies src to dst until src ends. A reader goroutine stamps each
-// read with its due time so that a delay adds latency, not a pause per
-// read; this goroutine writes each segment when due and while not
-// blackholed. A clean end of src becomes a half-close of dst; any error
-// aborts the whole connection.
-func (p *Proxy) forward(pc *proxyConn, src, dst *net.TCPConn) {
-	segs := make(chan segment, 16)
+// forward copies src to dst until src ends, through the link of
+// direction dir. A reader goroutine stamps each read with its due time (see
+// Link) and queues it; this goroutine writes each segment when due and
+// while not blackholed. A clean end of src becomes a half-close of dst;
+// any error aborts the whole connection.
+func (p *Proxy) forward(pc *proxyConn, dir int, src, dst *net.TCPConn) {
+	q := pc.links[dir]
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		defer close(segs)
 		for {
 			if !p.waitOpen(pc) {
 				return
 			}
-			buf := make([]byte, 32<<10)
-			n, err := src.Read(buf)
-			s := segment{data: buf[:n], due: time.Now().Add(p.currentDelay()), err: err}
-			select {
-			case segs <- s:
-			case <-pc.done:
+			l := p.link(dir)
+			free, ok := q.waitRoom(l.queue(), pc.done)
+			if !ok {
 				return
 			}
+			buf := bufs.Get().(*[]byte)
+			n, err := src.Read((*buf)[:min(free, l.readSize())])
+			q.push(buf, n, err, p.link(dir), time.Now()) // the link now, not when the read began
 			if err != nil {
 				return
 			}
 		}
 	}()
-	for s := range segs {
-		if !sleepUntil(s.due, pc.done) || !p.waitOpen(pc) {
-			break
+	for {
+		s, ok := q.next(pc.done)
+		if !ok || !sleepUntil(s.due, pc.done) || !p.waitOpen(pc) {
+			return
 		}
 		if len(s.data) > 0 {
 			if _, err := dst.Write(s.data); err != nil {
 				pc.abort()
-				break
+				return
 			}
+			q.release(len(s.data))
+		}
+		if s.buf != nil {
+			bufs.Put(s.buf)
 		}
 		if s.err != nil {
 			if errors.Is(s.err, io.EOF) {
@@ -119,10 +118,8 @@ func (p *Proxy) forward(pc *proxyConn, src, dst *net.TCPConn) {
 			} else {
 				pc.abort()
 			}
-			break
+			return
 		}
-	}
-	for range segs { // let the reader finish; it ends when pc is done or src ends
 	}
 }
 

@@ -24,7 +24,7 @@ type tcpServer struct {
 	wg    sync.WaitGroup
 }
 
-func startServer(t *testing.T) *tcpServer {
+func startServer(t testing.TB) *tcpServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,7 +60,7 @@ func (s *tcpServer) close() {
 }
 
 // accept returns the server's next connection, failing t after d.
-func (s *tcpServer) accept(t *testing.T, d time.Duration) net.Conn {
+func (s *tcpServer) accept(t testing.TB, d time.Duration) net.Conn {
 	t.Helper()
 	c, ok := ttest.Within(s.conns, d)
 	if !ok {
@@ -70,7 +70,7 @@ func (s *tcpServer) accept(t *testing.T, d time.Duration) net.Conn {
 	return c
 }
 
-func startProxy(t *testing.T, target string) *partition.Proxy {
+func startProxy(t testing.TB, target string) *partition.Proxy {
 	t.Helper()
 	p, err := partition.NewProxy(target)
 	if err != nil {
@@ -80,7 +80,7 @@ func startProxy(t *testing.T, target string) *partition.Proxy {
 	return p
 }
 
-func dialProxy(t *testing.T, p *partition.Proxy) net.Conn {
+func dialProxy(t testing.TB, p *partition.Proxy) net.Conn {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", p.Addr(), 5*time.Second)
 	if err != nil {
@@ -181,12 +181,12 @@ func TestProxyDelay(t *testing.T) {
 		t.Fatalf("round trip through a %v proxy delay took %v; want at least %v", d, rtt, 2*d)
 	}
 
-	p.Heal()
+	p.Delay(0)
 	start = time.Now()
 	write(t, client, "ping")
 	readN(t, server, 4, 5*time.Second)
 	if oneWay := time.Since(start); oneWay >= d {
-		t.Fatalf("after Heal one way took %v", oneWay)
+		t.Fatalf("after Delay(0) one way took %v", oneWay)
 	}
 }
 

@@ -109,6 +109,10 @@ func TestLANSilenceIsSilent(t *testing.T) {
 	if err := lanDial(lan, 0, closedPort, ttest.Scaled(5*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial to a closed port before the silence: %v; want connection refused", err)
 	}
+	// A datagram to a closed port is answered with ICMP port unreachable.
+	if err := udpProbe(lan, 0, 1, ttest.Scaled(5*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("datagram to a closed port before the silence: %v; want connection refused", err)
+	}
 	client, server := lanConnect(t, lan, 0, 1)
 	other, _ := lanConnect(t, lan, 2, 0)
 
@@ -119,6 +123,9 @@ func TestLANSilenceIsSilent(t *testing.T) {
 	// No RST, no ICMP: the dial waits out its deadline.
 	if err := lanDial(lan, 0, closedPort, 500*time.Millisecond); !timedOut(err) {
 		t.Fatalf("dial to a closed port of the silenced host: %v; want a timeout", err)
+	}
+	if err := udpProbe(lan, 0, 1, 500*time.Millisecond); !timedOut(err) {
+		t.Fatalf("datagram to a closed port of the silenced host: %v; want no answer", err)
 	}
 	// An established connection's writes are accepted, never acknowledged,
 	// and retransmitted; the other side reads nothing, and no error.
@@ -154,6 +161,22 @@ func TestLANSilenceIsSilent(t *testing.T) {
 	if err := heal(); err != nil {
 		t.Fatalf("second heal: %v", err)
 	}
+}
+
+// udpProbe sends a datagram from host from to a closed port of host to and
+// returns the error of a read that waits d for an answer.
+func udpProbe(lan *partition.LAN, from, to int, d time.Duration) error {
+	c, err := lan.Host(from).Dial(context.Background(), "udp", lan.Host(to).Addr().String()+":9")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("probe")); err != nil {
+		return err
+	}
+	c.SetReadDeadline(time.Now().Add(d))
+	_, err = c.Read(make([]byte, 10))
+	return err
 }
 
 // tcpInfo returns the kernel's TCP_INFO for c.

@@ -246,6 +246,7 @@ func TestLANOfTwentyHosts(t *testing.T) {
 	if err := partition.LANSupport(); err != nil {
 		t.Skip(err)
 	}
+	iptables := ttest.NeedIptables(t)
 	const n = 20
 	start := time.Now()
 	lan, err := partition.NewLAN(context.Background(), n)
@@ -308,6 +309,16 @@ func TestLANOfTwentyHosts(t *testing.T) {
 	healed := time.Since(start)
 	if err := ping(3, 7, ttest.Scaled(5*time.Second)); err != nil {
 		t.Fatalf("ping to the healed host: %v", err)
+	}
+	// The heal left no rule behind.
+	for _, h := range lan.Hosts() {
+		out, err := h.Command(context.Background(), iptables, "-w", "-S", "INPUT").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rules := strings.TrimSpace(string(out)); rules != "-P INPUT ACCEPT" {
+			t.Fatalf("after the heal %v has the rules %q", h, rules)
+		}
 	}
 
 	for _, s := range servers {

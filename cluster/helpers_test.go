@@ -1,0 +1,120 @@
+package cluster_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/cluster"
+	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
+	"github.com/tetherrpc/tether/peer"
+	"github.com/tetherrpc/tether/rpc"
+)
+
+// secret is the test clusters' key.
+var secret = []byte("0123456789abcdef")
+
+// testGossip is memberlist tuned for loopback tests: probes every 200 ms
+// (stretched on slow machines), so that a member is declared dead within
+// a few seconds.
+func testGossip() *memberlist.Config {
+	mc := memberlist.DefaultLocalConfig()
+	mc.ProbeInterval = ttest.Scaled(200 * time.Millisecond)
+	mc.ProbeTimeout = ttest.Scaled(100 * time.Millisecond)
+	mc.GossipInterval = 50 * time.Millisecond
+	mc.PushPullInterval = 2 * time.Second
+	mc.SuspicionMult = 3
+	mc.TCPTimeout = ttest.Scaled(time.Second)
+	mc.GossipToTheDeadTime = 2 * time.Second
+	return mc
+}
+
+// member is one node of a test cluster.
+type member struct {
+	n    *tether.Node
+	c    *cluster.Cluster
+	gate *cluster.Gate
+	tls  *tls.Config
+}
+
+// start starts a node with TLS and a Gate, and joins it through seeds.
+func start(t *testing.T, seeds []string, opts ...tether.Option) *member {
+	t.Helper()
+	return startWith(t, cluster.Config{Seeds: seeds}, opts...)
+}
+
+func startWith(t *testing.T, cfg cluster.Config, opts ...tether.Option) *member {
+	t.Helper()
+	cert, err := rpc.NewCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &member{gate: new(cluster.Gate), tls: rpc.TLSConfig(cert)}
+	m.n = ttnode.Start(t, append([]tether.Option{tether.WithTLS(m.tls), tether.WithAdmission(m.gate.Admit)}, opts...)...)
+	m.n.Handle("echo", rpc.Func(ttnode.Echo))
+	cfg.BindAddr, cfg.Secret, cfg.Gate = "127.0.0.1:0", secret, m.gate
+	if cfg.Memberlist == nil {
+		cfg.Memberlist = testGossip()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ttest.Scaled(10*time.Second))
+	defer cancel()
+	m.c, err = cluster.Join(ctx, m.n, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.c.Close() })
+	return m
+}
+
+// startCluster starts k members, each joining through the first.
+func startCluster(t *testing.T, k int, opts ...tether.Option) []*member {
+	t.Helper()
+	ms := []*member{start(t, nil, opts...)}
+	for range k - 1 {
+		ms = append(ms, start(t, []string{ms[0].c.GossipAddr()}, opts...))
+	}
+	return ms
+}
+
+// connected reports whether m holds a live reference to every other of ms.
+func connected(m *member, ms []*member) bool {
+	for _, o := range ms {
+		if o == m {
+			continue
+		}
+		if p, ok := m.n.Peers().Get(o.n.ID()); !ok || p.Err() != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// allConnected waits until every member holds a live reference to every
+// other, and knows each as a member.
+func allConnected(t *testing.T, ms []*member, within time.Duration) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	ttest.WaitFor(t, within, func() bool {
+		for _, m := range ms {
+			if !connected(m, ms) || len(m.c.Members()) != len(ms)-1 {
+				return false
+			}
+		}
+		return true
+	}, fmt.Sprintf("%d members, each connected to every other", len(ms)))
+	return time.Since(t0)
+}
+
+func ids(ms []*member) []peer.ID {
+	out := make([]peer.ID, len(ms))
+	for i, m := range ms {
+		out[i] = m.n.ID()
+	}
+	return out
+}

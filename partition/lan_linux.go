@@ -163,6 +163,18 @@ func (l *LAN) enter(ns *os.File) error {
 	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
 		return fmt.Errorf("partition: entering a host's network namespace: %w", err)
 	}
+	// What is done next must not be done anywhere else: make sure.
+	want, err := ns.Stat()
+	if err != nil {
+		return fmt.Errorf("partition: %w", err)
+	}
+	got, err := os.Stat(threadNetns())
+	if err != nil {
+		return fmt.Errorf("partition: %w", err)
+	}
+	if !os.SameFile(want, got) {
+		return errors.New("partition: setns did not enter the host's network namespace")
+	}
 	return nil
 }
 

@@ -30,8 +30,9 @@ import (
 //
 // The proxy's kernel acknowledges every segment as soon as it arrives, so
 // the sender's TCP measures loopback's round trip, not the link's: TCP's
-// own congestion window and retransmission timer never feel the delay, and
-// the Queue is what bounds the data in flight. Round trips the application
+// own congestion window, retransmission timer and the RTT that TCP_INFO
+// reports never feel the delay, and the Queue is what bounds the data in
+// flight. Round trips the application
 // makes do feel it in full: a request and its response, yamux's window
 // updates, tether's probes. A stream whose receive window is W therefore
 // moves at most W per round trip through the link, as on a real long path,

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
+
 	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/partition"
 )
@@ -236,4 +238,56 @@ func benchStream(b *testing.B, client, server net.Conn, block int64) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	stream(b, client, server, int64(b.N)*block)
+}
+
+// Through a long path a stream moves at most one receive window per round
+// trip: the proxy's kernel acknowledges TCP at once, but yamux's window
+// updates cross the link. This is what a test of window tuning relies on.
+func TestLinkWindowBoundsYamuxStream(t *testing.T) {
+	const rtt, size = 50 * time.Millisecond, 4 * mib
+	link := partition.Link{Delay: rtt / 2}
+	_, client, server := overLink(t, link, link)
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	window := int(cfg.MaxStreamWindowSize)
+	cs, err := yamux.Client(client, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	ss, err := yamux.Server(server, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	stalls := ttest.WatchStalls(10 * time.Millisecond)
+	defer stalls.Stop()
+
+	out, err := cs.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	go out.Write(make([]byte, size))
+	in, err := ss.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.SetReadDeadline(time.Now().Add(ttest.Scaled(30 * time.Second)))
+	if _, err := io.CopyN(io.Discard, in, size); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	rate, most := float64(size)/took.Seconds(), float64(window)/rtt.Seconds()
+	t.Logf("%d MiB with a %d KiB window over a %v round trip: %.2f MiB/s; one window per round trip is %.2f MiB/s",
+		size/mib, window>>10, rtt, rate/mib, most/mib)
+	// The first window goes out before any round trip: the rest wait.
+	if least := time.Duration(float64(size-window) / most * float64(time.Second)); took < least {
+		t.Fatalf("%d MiB took %v, under the %v that one window per round trip allows", size/mib, took, least)
+	}
+	// yamux hands the window back in halves as the reader drains it, so
+	// nearly a whole window stays in flight; half is the generous floor.
+	if rate < most/2 {
+		stallCheck(t, stalls, start, time.Now(), fmt.Sprintf("%.2f MiB/s, under half a window per round trip", rate/mib))
+	}
 }

@@ -75,12 +75,14 @@ const (
 // SetLink makes the proxy carry data from client to target over the link
 // up, and from target to client over down, for every connection, current
 // and later (see Link). Data already read keeps the link it was read
-// under; order is kept. SetLink(Link{}, Link{}) forwards at once again.
+// under; order is kept. Negative fields count as zero.
+// SetLink(Link{}, Link{}) forwards at once again.
 //
 // A client reaches the target over the link by dialing Addr instead of the
 // target's address. A tether Node does the same: it dials p.Addr() (or
 // "id@" + p.Addr()) where it would dial the other Node's address, and every
-// call, stream and probe between them then crosses the link.
+// call, stream and probe on that connection then crosses the link. The
+// target sees the connection come from the proxy, not from the client.
 func (p *Proxy) SetLink(up, down Link) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

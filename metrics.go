@@ -122,7 +122,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ms := n.reg.Monitor().Stats()
 	counter(descProbes, ms.Probes)
 	counter(descLate2, ms.LateChecks)
-	counter(descPenalized, n.penaltyRefused.Load())
+	counter(descPenalized, n.srv.Penalized())
 	counter(descRefused, n.opts.admission.refusals(), "not_admitted")
 	ws := n.wd.Stats()
 	for kind, v := range ws.Found {

@@ -1,7 +1,9 @@
 package tether
 
 import (
+	"context"
 	"crypto/tls"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +31,7 @@ type options struct {
 	logPort     []logport.Option
 	penalty     [2]time.Duration
 	admission   *admission // nil: everyone is admitted
+	dial        func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // WithHeartbeat sets the base probe interval: a peer that sends nothing for
@@ -87,6 +90,16 @@ func WithHangAfter(d time.Duration) Option { return func(o *options) { o.hangAft
 // is Admit (see WithAdmission).
 func WithRPCConfig(c rpc.Config) Option {
 	return func(o *options) { c.Admit = o.rpc.Admit; o.rpc = c }
+}
+
+// WithDialer sets how the node connects to a peer's address (the
+// "host:port" of Dial and Keep, after any "ID@"): a Unix socket's dialer,
+// the in-memory partition.Host's Dial, a proxy's. The connections may be
+// any net.Conn; over TCP (or TLS over TCP, unwrapped) liveness also reads
+// the kernel's evidence. With WithTLS the node runs mutual TLS over them.
+// Default: TCP, with a net.Dialer.
+func WithDialer(dial func(ctx context.Context, addr string) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = dial }
 }
 
 // WithID sets the node's ID (without TLS; with TLS the ID is the key's).

@@ -14,6 +14,11 @@
 //	err = p.Call(ctx, "storage.get", key, &share)
 //	<-p.Done() // closed when the peer is evicted; p.Err() says why
 //
+// A node runs over any net.Listener and any dialer, not only TCP: New
+// makes one that listens nowhere, Serve serves a listener (a Unix socket,
+// a socket handed over by systemd, the in-memory partition.Network), and
+// WithDialer sets how it connects.
+//
 // The packages underneath: rpc (calls, streams, cancellation), peer
 // (references, eviction, reconnection, FirstK quorum reads), liveness
 // (adaptive failure detection), incident (non-blocking logging and incident
@@ -22,32 +27,31 @@ package tether
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/tetherrpc/tether/incident"
 	"github.com/tetherrpc/tether/incident/logport"
+	"github.com/tetherrpc/tether/internal/server"
 	"github.com/tetherrpc/tether/internal/tetheropts"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
 
-// Node is one tether node: a listener, the handlers it serves, and the
-// registry of its peers. Both ends of every connection can call and serve.
+// Node is one tether node: the listeners it serves, the handlers it
+// serves, and the registry of its peers. Both ends of every connection
+// can call and serve.
 type Node struct {
-	ln      net.Listener
 	mux     *rpc.Mux
 	reg     *peer.Registry
+	srv     *server.Server
 	rcfg    *rpc.Config
 	logger  *zap.Logger
 	opts    options
@@ -63,30 +67,31 @@ type Node struct {
 	served     atomic.Uint64
 	ageTimer   *time.Timer
 
-	penaltyRefused atomic.Uint64 // connections closed unheard
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	penalties *penaltyBox // nil when off
-
-	hsMu      sync.Mutex // guards handshakes in progress:
-	hsPending []*pendingHandshake
-	hsLive    int           // of them not cut off
-	hsTook    time.Duration // how long good handshakes took lately
-	hsFreed   chan struct{} // 1-buffered: a handshake slot freed
-
+	ctx       context.Context // ends at Close
+	cancel    context.CancelFunc
 	closeOnce sync.Once
 }
 
-// maxPendingHandshakes bounds the connections a node handshakes at once,
-// so a flood of silent dialers costs bounded memory; past it the oldest
-// handshake is cut off (see admitHandshake).
-const maxPendingHandshakes = 512
-
-// Listen starts a node listening on addr ("host:port"; port 0 picks one).
+// Listen starts a node listening on addr ("host:port"; port 0 picks one)
+// over TCP: New, then Serve on a TCP listener in a goroutine of the
+// node's own.
 func Listen(addr string, opts ...Option) (*Node, error) {
+	n, err := New(opts...)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	n.srv.Go(ln)
+	return n, nil
+}
+
+// New starts a node that listens nowhere yet: it can dial (through
+// WithDialer's function), and serves the listeners given to Serve.
+func New(opts ...Option) (*Node, error) {
 	o := options{hangAfter: 30 * time.Second, penalty: [2]time.Duration{250 * time.Millisecond, time.Minute}}
 	for _, opt := range opts {
 		opt(&o)
@@ -99,8 +104,12 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 	if err := lc.Validate(); err != nil {
 		return nil, err
 	}
+	if o.dial == nil {
+		var d net.Dialer
+		o.dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
 
-	n := &Node{mux: rpc.NewMux(), opts: o, hsFreed: make(chan struct{}, 1), hsTook: firstHandshakeGuess}
+	n := &Node{mux: rpc.NewMux(), opts: o}
 	if err := n.startLogging(); err != nil {
 		return nil, err
 	}
@@ -133,9 +142,8 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		return nil, err
 	}
 	n.reg = reg
-	if n.penalties = newPenaltyBox(o.penalty[0], o.penalty[1]); n.penalties != nil {
-		reg.Subscribe(n.penalize)
-	}
+	n.srv = server.New(server.Config{RPC: resolved, Registry: reg, Logger: n.logger, PenaltyBase: o.penalty[0], PenaltyMax: o.penalty[1]})
+	reg.Subscribe(n.srv.Penalize)
 	if o.metrics != nil {
 		if err := n.registerMetrics(o.metrics); err != nil {
 			reg.Close()
@@ -143,15 +151,7 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 			return nil, err
 		}
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		reg.Close()
-		n.stopLogging()
-		return nil, err
-	}
-	n.ln = ln
 	if err := n.startWatchdog(); err != nil {
-		ln.Close()
 		reg.Close()
 		n.stopLogging()
 		return nil, err
@@ -160,10 +160,23 @@ func Listen(addr string, opts ...Option) (*Node, error) {
 		n.port.Register(n) // log.subscribe, log.incidents, log.incident
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.wg.Add(1)
-	go n.acceptLoop()
 	return n, nil
 }
+
+// Serve takes peers in on ln: it accepts connections, handshakes with
+// each (with WithTLS, mutual TLS over ln's connections) and registers the
+// peers. It blocks, as http.Server.Serve does, and returns nil once the
+// node closes (Close, Drain or Abort; at once if it is closed already),
+// or the listener's error if ln is closed by someone else; other accept
+// errors are logged and retried. The node closes ln when it closes.
+//
+// Any listener serves: a Unix socket, a socket handed over by systemd
+// (net.FileListener), the in-memory partition.Network, a TLS listener
+// (tls.NewListener: an opaque transport, with IDs that are only claims;
+// WithTLS derives IDs from keys). A node may serve several listeners at
+// once. Without TCP the kernel's evidence (TCP_INFO) is missing, and
+// liveness judges a peer by its answers alone.
+func (n *Node) Serve(ln net.Listener) error { return n.srv.Serve(ln) }
 
 // rpcResolve fixes the node's ID once, so that every connection tells the
 // same one: the certificate's with TLS, else the one given or a random one.
@@ -181,8 +194,9 @@ func rpcResolve(c rpc.Config) (*rpc.Config, error) {
 	return &c, nil
 }
 
-// Addr is the address the node listens on.
-func (n *Node) Addr() net.Addr { return n.ln.Addr() }
+// Addr is the address of the listener the node serves: Listen's, or the
+// first given to Serve; nil before any.
+func (n *Node) Addr() net.Addr { return n.srv.Addr() }
 
 // ID is the node's ID, as its peers know it.
 func (n *Node) ID() peer.ID { return peer.ID(n.rcfg.ID) }
@@ -201,76 +215,11 @@ func (n *Node) Peers() *peer.Registry { return n.reg }
 // sink), teed with the incident recorder of WithIncidentDir. Log through it.
 func (n *Node) Logger() *zap.Logger { return n.logger }
 
-// startLogging builds the node's log pipeline.
-func (n *Node) startLogging() error {
-	base := zap.NewNop()
-	if n.opts.logger != nil {
-		base = n.opts.logger
-	}
-	var cores []zapcore.Core
-	if n.opts.incidentDir != "" {
-		rec, err := incident.NewRecorder(n.opts.incidentDir, incident.WithTrigger(trigger), incident.WithWriteErrorHandler(func(err error) {
-			n.logger.Warn("incident file not written", zap.Error(err))
-		}))
-		if err != nil {
-			return err
-		}
-		n.rec = rec
-		cores = append(cores, rec) // cheap and never blocking: inline
-	}
-	// What may be slow (the user's sink) or does real work (the log port's
-	// encoding) goes behind Async, on its writer goroutine.
-	var slow []zapcore.Core
-	if n.opts.logger != nil {
-		slow = append(slow, base.Core())
-	}
-	if n.opts.logPort != nil {
-		popts := n.opts.logPort
-		if n.rec != nil {
-			popts = append([]logport.Option{logport.WithIncidents(n.rec)}, popts...)
-		}
-		n.port = logport.New(popts...)
-		slow = append(slow, n.port.Core())
-	}
-	if len(slow) > 0 {
-		n.async = incident.Async(zapcore.NewTee(slow...))
-		cores = append(cores, n.async)
-	}
-	n.logger = base.WithOptions(zap.WrapCore(func(zapcore.Core) zapcore.Core { return zapcore.NewTee(cores...) }))
-	return nil
-}
-
-// trigger opens an incident on Error and above, and on any entry marked
-// with the incident field (the node's own actions, logged at Warn).
-func trigger(ent zapcore.Entry, fields []zapcore.Field) bool {
-	if ent.Level >= zapcore.ErrorLevel {
-		return true
-	}
-	for _, f := range fields {
-		if f.Key == incidentField && f.Type == zapcore.BoolType && f.Integer == 1 {
-			return true
-		}
-	}
-	return false
-}
-
-// stopLogging flushes the pipeline (within its bounds) and stops it.
-func (n *Node) stopLogging() {
-	if n.port != nil {
-		n.port.Close()
-	}
-	if n.rec != nil {
-		n.rec.Close()
-	}
-	if n.async != nil {
-		n.async.Close()
-	}
-}
-
 // Dial connects to addr and returns the peer's live reference, registered;
 // if this node holds a live reference it dialed to addr already, it returns
 // that one. addr is "host:port", or "ID@host:port" to refuse any peer but
-// that one (authenticated with WithTLS).
+// that one (authenticated with WithTLS); the host:port goes to the dialer
+// (WithDialer; TCP by default).
 func (n *Node) Dial(ctx context.Context, addr string) (*peer.Peer, error) {
 	return n.reg.Dial(ctx, addr)
 }
@@ -282,8 +231,7 @@ func (n *Node) dialConn(ctx context.Context, addr string) (*rpc.Conn, error) {
 	if at := strings.LastIndexByte(addr, '@'); at >= 0 {
 		cfg.ExpectID, hostport = addr[:at], addr[at+1:]
 	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", hostport)
+	nc, err := n.opts.dial(ctx, hostport)
 	if err != nil {
 		return nil, err
 	}
@@ -295,165 +243,6 @@ func (n *Node) dialConn(ctx context.Context, addr string) (*rpc.Conn, error) {
 	}
 	return c, err
 }
-
-func (n *Node) acceptLoop() {
-	defer n.wg.Done()
-	for {
-		nc, err := n.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			n.logger.Warn("accept failed", zap.Error(err))
-			select {
-			case <-time.After(10 * time.Millisecond): // e.g. out of file descriptors
-			case <-n.ctx.Done():
-				return
-			}
-			continue
-		}
-		if n.penalties.refused(nc.RemoteAddr(), time.Now()) {
-			nc.Close()
-			n.penaltyRefused.Add(1)
-			continue
-		}
-		h := n.admitHandshake(nc)
-		if h == nil {
-			return // closing
-		}
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			n.serveConn(nc, h)
-		}()
-	}
-}
-
-// pendingHandshake is a connection whose handshake is in progress.
-type pendingHandshake struct {
-	nc      net.Conn
-	start   time.Time
-	evicted bool
-}
-
-// admitHandshake makes room for a new handshake. While the node handshakes
-// maxPendingHandshakes connections, a new one waits (in the kernel's accept
-// queue, for the dialers behind it) until a slot frees, or until the oldest
-// handshake has taken so much longer than good ones lately take that it
-// is stalled: that one is cut off. So a storm of good peers (thousands
-// dialing a restarted node at once) is admitted steadily, each in turn,
-// while dialers that hold handshakes open to exhaust the slots lose them
-// to the next arrival within about staleHandshake. It returns nil if the
-// node closes meanwhile.
-func (n *Node) admitHandshake(nc net.Conn) *pendingHandshake {
-	h := &pendingHandshake{nc: nc}
-	var victim net.Conn
-	n.hsMu.Lock()
-	for n.hsLive >= maxPendingHandshakes {
-		i := slices.IndexFunc(n.hsPending, func(o *pendingHandshake) bool { return !o.evicted })
-		oldest := n.hsPending[i]
-		stale := n.staleHandshake()
-		age := time.Since(oldest.start)
-		if age >= stale {
-			oldest.evicted = true
-			n.hsLive--
-			victim = oldest.nc
-			break
-		}
-		n.hsMu.Unlock()
-		t := time.NewTimer(stale - age)
-		select {
-		case <-n.hsFreed:
-		case <-t.C:
-		case <-n.ctx.Done():
-			t.Stop()
-			nc.Close()
-			return nil
-		}
-		t.Stop()
-		n.hsMu.Lock()
-	}
-	h.start = time.Now()
-	n.hsPending = append(n.hsPending, h)
-	n.hsLive++
-	n.hsMu.Unlock()
-	if victim != nil {
-		n.logger.Info("handshake slots full: the oldest, stalled handshake cut off", zap.Stringer("addr", victim.RemoteAddr()))
-		victim.Close()
-	}
-	return h
-}
-
-// staleHandshake is how long a handshake may take before a new arrival
-// may cut it off when every slot is taken: eight times what good handshakes
-// took lately, within [minStaleHandshake, half the handshake timeout].
-// Under hsMu.
-func (n *Node) staleHandshake() time.Duration {
-	timeout := n.rcfg.HandshakeTimeout
-	if timeout <= 0 {
-		timeout = rpc.DefaultHandshakeTimeout
-	}
-	return min(max(minStaleHandshake, 8*n.hsTook), timeout/2)
-}
-
-// minStaleHandshake: a good handshake on a quiet machine takes about a
-// millisecond; 100 ms leaves room for a slow path and a busy node.
-const minStaleHandshake = 100 * time.Millisecond
-
-// firstHandshakeGuess is what good handshakes are taken to last before any
-// has finished: when thousands of peers dial a node that just started, the
-// first 512 share the CPU and none finishes within a few milliseconds;
-// cutting them would only make their dialers come back.
-const firstHandshakeGuess = 250 * time.Millisecond
-
-// handshakeDone frees h's slot. ok says the handshake succeeded: its
-// duration then feeds the average that tells stalled handshakes from slow
-// ones (staleHandshake). It reports whether h may go on: not if it was cut
-// off meanwhile, whose connection is closed already.
-func (n *Node) handshakeDone(h *pendingHandshake, ok bool) bool {
-	n.hsMu.Lock()
-	defer n.hsMu.Unlock()
-	if i := slices.Index(n.hsPending, h); i >= 0 {
-		n.hsPending = slices.Delete(n.hsPending, i, i+1)
-	}
-	if ok {
-		// An exponentially weighted average over about the last 16.
-		n.hsTook += (time.Since(h.start) - n.hsTook) / 16
-	}
-	if h.evicted {
-		return false
-	}
-	n.hsLive--
-	select {
-	case n.hsFreed <- struct{}{}:
-	default:
-	}
-	return true
-}
-
-// serveConn handshakes with a peer that dialed in, frees its handshake
-// slot, and registers it.
-func (n *Node) serveConn(nc net.Conn, h *pendingHandshake) {
-	cfg := *n.rcfg
-	c, err := rpc.Server(n.ctx, nc, &cfg)
-	if !n.handshakeDone(h, err == nil) {
-		if c != nil {
-			c.Abort(errHandshakeCut) // its transport is closed already
-		}
-		return
-	}
-	if err != nil {
-		// Not yet a peer: a port scan, a stranger, an old version. Info, so
-		// that strangers cannot trigger incidents.
-		n.logger.Info("handshake refused", zap.Stringer("addr", nc.RemoteAddr()), zap.Error(err))
-		return
-	}
-	tetheropts.AddIncoming(n.reg, c, nc.RemoteAddr().String()) // on error, c is closed
-}
-
-// errHandshakeCut ends a connection whose handshake finished just as it
-// was cut off for taking too long.
-var errHandshakeCut = errors.New("handshake cut off: the node's handshake slots were full")
 
 // Close stops listening, says goodbye to every peer (so they evict this
 // node at once), cancels the handlers still running, and waits for the
@@ -486,8 +275,7 @@ func (n *Node) shutdown(abort bool) {
 		n.aborting.Store(true) // dials that finish from now on are reset
 	}
 	n.cancel()
-	n.ln.Close()
-	n.wg.Wait() // handshakes in progress end with n.ctx
+	n.srv.Close() // handshakes in progress end
 	if abort {
 		peers := n.reg.List()
 		for _, p := range peers {
@@ -505,4 +293,4 @@ func (n *Node) shutdown(abort bool) {
 	n.stopLogging()
 }
 
-func (n *Node) String() string { return fmt.Sprintf("tether.Node(%s at %s)", n.ID(), n.Addr()) }
+func (n *Node) String() string { return fmt.Sprintf("tether.Node(%s at %v)", n.ID(), n.Addr()) }

@@ -1,4 +1,4 @@
-package tether
+package server
 
 import (
 	"errors"
@@ -65,6 +65,9 @@ func (b *penaltyBox) strike(addr net.Addr, now time.Time) (time.Duration, int) {
 		return 0, 0
 	}
 	host := hostOf(addr)
+	if host == "" {
+		return 0, 0
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	p := b.hosts[host]
@@ -100,7 +103,15 @@ func (b *penaltyBox) sweep(now time.Time) {
 	}
 }
 
+// hostOf is the host a penalty applies to: the IP address over TCP, the
+// host of a "host:port" address on other networks, else the whole
+// address; "" (an unnamed Unix socket's peer, say) for an address that
+// tells no host, which is never penalized: that would shut out every
+// local client for one's fault.
 func hostOf(addr net.Addr) string {
+	if addr == nil {
+		return ""
+	}
 	if a, ok := addr.(*net.TCPAddr); ok {
 		return a.IP.String()
 	}
@@ -108,16 +119,22 @@ func hostOf(addr net.Addr) string {
 	if h, _, err := net.SplitHostPort(s); err == nil {
 		return h
 	}
+	if s == "@" { // Linux's name for an unnamed Unix socket
+		return ""
+	}
 	return s
 }
 
-// penalize strikes the host of a peer evicted for a protocol violation.
-func (n *Node) penalize(ev peer.Event) {
-	if ev.Kind != peer.Disconnected || !errors.Is(ev.Cause, rpc.ErrProtocolViolation) || ev.Peer == nil {
+// Penalize strikes the host of a peer evicted for a protocol violation;
+// it ignores every other event. Subscribe it to the registry.
+func (s *Server) Penalize(ev peer.Event) {
+	if s.penalties == nil || ev.Kind != peer.Disconnected || !errors.Is(ev.Cause, rpc.ErrProtocolViolation) || ev.Peer == nil {
 		return
 	}
 	addr := ev.Peer.Conn().RemoteAddr()
-	d, strikes := n.penalties.strike(addr, time.Now())
-	n.logger.Info("host refused for a while: its connection broke the protocol",
-		zap.String("host", hostOf(addr)), zap.Int("strikes", strikes), zap.Duration("for", d))
+	d, strikes := s.penalties.strike(addr, time.Now())
+	if d > 0 {
+		s.log.Info("host refused for a while: its connection broke the protocol",
+			zap.String("host", hostOf(addr)), zap.Int("strikes", strikes), zap.Duration("for", d))
+	}
 }

@@ -28,10 +28,16 @@ const (
 	// connection to its first usable call: TLS and the hello exchange. A peer
 	// that connects and says nothing is cut off after it.
 	DefaultHandshakeTimeout = 5 * time.Second
-	// DefaultStreamWindow is yamux's per-stream receive window: 256 KiB,
-	// yamux's own default. Larger windows speed bulk streams on long fat
-	// links and cost memory per stream.
-	DefaultStreamWindow = 256 << 10
+	// DefaultMaxStreamWindow bounds the receive window one stream may grow
+	// to: 16 MiB carries 130 MiB/s over a 100 ms round trip (a stream
+	// settles a little above its bandwidth-delay product). Every stream
+	// starts at yamux's 256 KiB.
+	DefaultMaxStreamWindow = 16 << 20
+	// DefaultMaxConnWindow bounds the receive windows of all the streams of
+	// one connection together: two streams at the full window.
+	DefaultMaxConnWindow = 32 << 20
+	// DefaultWindowBudgetSize is the size of DefaultWindowBudget.
+	DefaultWindowBudgetSize = 256 << 20
 )
 
 // Config configures a connection. The zero value is valid: every field has a
@@ -83,9 +89,28 @@ type Config struct {
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 
-	// StreamWindow is the receive window of each yamux stream, in bytes.
-	// Default DefaultStreamWindow; values below it are raised to it.
-	StreamWindow uint32
+	// MaxStreamWindow bounds the receive window of one stream, in bytes:
+	// the data a peer may send that this side has not read yet. Windows
+	// start at yamux's 256 KiB and tune themselves to the path: one doubles
+	// while a window's worth is read within 1.2 round trips (the window is
+	// what limits the stream), and shrinks to what the stream reads in 1.2
+	// round trips when that takes over 1.5 (the reader, the sender or the
+	// path is the limit, and a larger window only queues data). See
+	// BENCHMARKS.md, long paths. Default DefaultMaxStreamWindow; values
+	// below 256 KiB are raised to it, which turns tuning off.
+	MaxStreamWindow uint32
+
+	// MaxConnWindow bounds the receive windows of all of one connection's
+	// streams together; a window grows only while there is room. Default
+	// DefaultMaxConnWindow.
+	MaxConnWindow int64
+
+	// WindowBudget bounds the receive windows of every connection that
+	// shares it: with 1,000 peers uploading at once, the node's memory for
+	// unread data stays within it. A stream's first 256 KiB is the
+	// protocol's and counts but is never refused; growth past it is. Nil
+	// means DefaultWindowBudget, shared by the whole process.
+	WindowBudget *WindowBudget
 
 	// MaxWriteQueue bounds the bytes queued for the peer and not yet
 	// written. Past it, this side stops reading the peer's requests until
@@ -135,8 +160,19 @@ func (c *Config) resolved() (*Config, error) {
 	if r.HandshakeTimeout <= 0 {
 		r.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	if r.StreamWindow < DefaultStreamWindow {
-		r.StreamWindow = DefaultStreamWindow
+	switch {
+	case r.MaxStreamWindow == 0:
+		r.MaxStreamWindow = DefaultMaxStreamWindow
+	case r.MaxStreamWindow < initialWindow:
+		r.MaxStreamWindow = initialWindow
+	case r.MaxStreamWindow > 1<<30:
+		return nil, fmt.Errorf("rpc: MaxStreamWindow %d exceeds 1 GiB", r.MaxStreamWindow)
+	}
+	if r.MaxConnWindow <= 0 {
+		r.MaxConnWindow = DefaultMaxConnWindow
+	}
+	if r.WindowBudget == nil {
+		r.WindowBudget = DefaultWindowBudget
 	}
 	if r.WriteTimeout <= 0 {
 		r.WriteTimeout = 2 * time.Minute
@@ -181,3 +217,7 @@ func lower(s string) string {
 	}
 	return string(b)
 }
+
+// DefaultWindowBudget is the budget of the connections whose Config names
+// none: DefaultWindowBudgetSize bytes for the whole process.
+var DefaultWindowBudget = NewWindowBudget(DefaultWindowBudgetSize)

@@ -86,22 +86,25 @@ type connStats struct {
 // current values, as of the snapshot; FailedAtDeath is set once, at death;
 // RemoteMaxCalls and RemoteMaxSize are the peer's limits, from its hello.
 type Stats struct {
-	CallsOut       uint64    // calls made to the peer
-	CallsIn        uint64    // calls and streams the peer made to us
-	LateResponses  uint64    // answers that arrived after their caller gave up: dropped
-	Unsent         uint64    // calls cancelled before their request was written: never sent
-	CancelsSent    uint64    // "nevermind" frames sent for calls already written
-	Rejected       uint64    // the peer's calls refused: unknown method, over a limit
-	HandlerPanics  uint64    // handlers that panicked (answered with CodeInternal)
-	ReaderPaused   uint64    // times reading stopped because answers piled up unsent (MaxWriteQueue)
-	Outstanding    int       // our calls awaiting an answer now
-	FailedAtDeath  int       // our calls failed at once when the connection died
-	Serving        int       // the peer's calls and streams running here now
-	BytesReceived  uint64    // bytes read from the transport
-	LastReceived   time.Time // when the peer last showed life (see Conn.LastReceived)
-	LastSent       time.Time // when bytes were last written to the transport
-	RemoteMaxCalls int       // the peer's limit on our concurrent calls
-	RemoteMaxSize  int       // the peer's limit on one message
+	CallsOut       uint64        // calls made to the peer
+	CallsIn        uint64        // calls and streams the peer made to us
+	LateResponses  uint64        // answers that arrived after their caller gave up: dropped
+	Unsent         uint64        // calls cancelled before their request was written: never sent
+	CancelsSent    uint64        // "nevermind" frames sent for calls already written
+	Rejected       uint64        // the peer's calls refused: unknown method, over a limit
+	HandlerPanics  uint64        // handlers that panicked (answered with CodeInternal)
+	ReaderPaused   uint64        // times reading stopped because answers piled up unsent (MaxWriteQueue)
+	Outstanding    int           // our calls awaiting an answer now
+	FailedAtDeath  int           // our calls failed at once when the connection died
+	Serving        int           // the peer's calls and streams running here now
+	BytesReceived  uint64        // bytes read from the transport
+	LastReceived   time.Time     // when the peer last showed life (see Conn.LastReceived)
+	LastSent       time.Time     // when bytes were last written to the transport
+	RemoteMaxCalls int           // the peer's limit on our concurrent calls
+	RemoteMaxSize  int           // the peer's limit on one message
+	RecvWindow     int64         // bytes of receive window the streams hold now (see Config.MaxStreamWindow)
+	WindowGrowths  uint64        // times a stream's window doubled
+	RTT            time.Duration // the path's round trip, near its least (handshake, probes)
 }
 
 func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, remote *hello, server bool) *Conn {
@@ -126,7 +129,7 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.ctx, c.kill = context.WithCancelCause(context.Background())
-	c.rd.cr = ctrlReader{src: ctrl, consumed: &c.rd.consumed}
+	c.rd.cr = ctrlReader{src: ctrl, consumed: &c.rd.consumed, win: w.win}
 	c.rd.mu.Lock()
 	c.runReader()
 	c.rd.mu.Unlock()
@@ -206,6 +209,7 @@ func (c *Conn) Stats() Stats {
 	c.mu.Lock()
 	out, serving, failed := len(c.pending), len(c.serving), c.failed
 	c.mu.Unlock()
+	win, _ := c.wire.win.usage()
 	return Stats{
 		CallsOut:       c.stats.callsOut.Load(),
 		CallsIn:        c.stats.callsIn.Load(),
@@ -223,6 +227,9 @@ func (c *Conn) Stats() Stats {
 		LastSent:       c.LastSent(),
 		RemoteMaxCalls: int(c.remote.maxCalls),
 		RemoteMaxSize:  int(c.remote.maxMessage),
+		RecvWindow:     win,
+		WindowGrowths:  c.wire.win.grown.Load(),
+		RTT:            time.Duration(c.wire.win.rtt.Load()),
 	}
 }
 
@@ -281,6 +288,7 @@ func (c *Conn) abort(cause error, reset bool) int {
 	}
 	close(c.done)
 	c.kill(c.dead)
+	c.wire.win.close()
 	c.stopAccepting()
 	c.stopReader()
 	// Interrupt the reader's wait now: yamux's Stream.Read spins between

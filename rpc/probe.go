@@ -62,6 +62,8 @@ func (c *Conn) finishProbe(nonce uint64) error {
 		}
 		return nil // forgotten: too old
 	}
-	pr.fn(time.Duration(nanotime() - pr.sent))
+	rtt := nanotime() - pr.sent
+	c.wire.win.noteRTT(rtt)
+	pr.fn(time.Duration(rtt))
 	return nil
 }

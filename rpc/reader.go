@@ -150,6 +150,7 @@ func (c *Conn) readLoop() {
 type ctrlReader struct {
 	src      *yamux.Stream
 	consumed *atomic.Uint64 // bytes read from src
+	win      *windows       // told of every read, to send the stream's credit
 	buf      *[]byte        // from ctrlBufs while bytes are buffered, else nil
 	r, w     int
 	boundary bool // the next Read starts a frame: wait without a buffer
@@ -214,11 +215,13 @@ func (cr *ctrlReader) Read(p []byte) (int, error) {
 		cr.boundary = false
 		n, err := cr.src.Read(p)
 		cr.consumed.Add(uint64(n))
+		cr.win.read(cr.src.StreamID(), n)
 		return n, err
 	}
 	cr.buf = ctrlBufs.Get().(*[]byte)
 	n, err := cr.src.Read(*cr.buf)
 	cr.consumed.Add(uint64(n))
+	cr.win.read(cr.src.StreamID(), n)
 	if n == 0 {
 		cr.release()
 		return 0, err

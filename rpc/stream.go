@@ -76,6 +76,7 @@ func (c *Conn) OpenStream(ctx context.Context, method string) (*Stream, error) {
 	}
 	var hb [headerSize]byte
 	h, p, err := readFrame(ys, hb[:], 0)
+	c.wire.win.read(ys.StreamID(), headerSize+len(p))
 	if err != nil {
 		s.Close()
 		if errors.Is(err, ErrProtocolViolation) {
@@ -180,6 +181,7 @@ func (c *Conn) serveStream(ys *yamux.Stream) {
 	ys.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 	var hb [headerSize]byte
 	h, p, err := readFrame(ys, hb[:], 0)
+	c.wire.win.read(ys.StreamID(), headerSize+len(p))
 	if err == nil && h.kind != kindStreamOpen {
 		err = violation("a stream must start with a stream-open frame, not %v", h.kind)
 	}
@@ -193,6 +195,7 @@ func (c *Conn) serveStream(ys *yamux.Stream) {
 		}
 	}
 	if err != nil {
+		c.wire.win.forget(ys.StreamID())
 		ys.Close()
 		if errors.Is(err, ErrProtocolViolation) {
 			c.Abort(err)
@@ -205,6 +208,7 @@ func (c *Conn) serveStream(ys *yamux.Stream) {
 	refuse := func(code Code, msg string) {
 		c.stats.rejected.Add(1)
 		ys.Write(appendError(nil, h.id, code, msg))
+		c.wire.win.forget(ys.StreamID())
 		ys.Close()
 	}
 	handler := c.cfg.Mux.lookup(method).stream
@@ -218,6 +222,7 @@ func (c *Conn) serveStream(ys *yamux.Stream) {
 		return
 	}
 	if err != nil || code != 0 {
+		c.wire.win.forget(ys.StreamID())
 		ys.Close()
 		if errors.Is(err, ErrProtocolViolation) {
 			c.Abort(err)
@@ -267,6 +272,7 @@ func (s *Stream) interrupt() {
 // side and everything before has been read.
 func (s *Stream) Read(p []byte) (int, error) {
 	n, err := s.ys.Read(p)
+	s.c.wire.win.read(s.ys.StreamID(), n)
 	if err == io.EOF {
 		s.mu.Lock()
 		s.sawEOF = true
@@ -284,9 +290,23 @@ func (s *Stream) Read(p []byte) (int, error) {
 
 // Write writes to the stream, blocking while the peer's window is full.
 func (s *Stream) Write(p []byte) (int, error) {
-	n, err := s.ys.Write(p)
-	return n, s.mapErr(err)
+	// In frames of at most maxStreamFrame: yamux sends one frame per call
+	// of up to the whole window, which would keep calls and other streams
+	// waiting behind it, and grow yamux's send buffer to its size.
+	n := 0
+	for n < len(p) {
+		k, err := s.ys.Write(p[n:min(len(p), n+maxStreamFrame)])
+		n += k
+		if err != nil {
+			return n, s.mapErr(err)
+		}
+	}
+	return n, nil
 }
+
+// maxStreamFrame bounds the data one stream frame carries: at 100 MiB/s,
+// 64 KiB is 0.6 ms of a link, so calls and other streams interleave.
+const maxStreamFrame = 64 << 10
 
 // CloseWrite closes the writing side: the peer reads io.EOF after what was
 // written. Reading goes on.
@@ -308,6 +328,7 @@ func (s *Stream) Close() error {
 		s.c.stats.cancelsSent.Add(1)
 		s.c.enqueue(outFrame{kind: kindCancel, id: s.id}, true)
 	}
+	s.c.wire.win.forget(s.ys.StreamID())
 	return s.mapErr(s.ys.Close())
 }
 

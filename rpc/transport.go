@@ -88,6 +88,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 	refuse := func(reason string) { transport.Write(refusal(reason)) }
 	var theirs *hello
 	var err error
+	var rtt int64 // the hello exchange's round trip: the first sample for windows
 	if server {
 		theirs, err = readHello(transport)
 		if err != nil {
@@ -107,17 +108,22 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 			refuse(notAdmitted)
 			return nil, err
 		}
+		sent := nanotime()
 		if _, err := transport.Write(mine.marshal()); err != nil {
 			return nil, err
 		}
 		if transport, err = dialerAnswer(transport); err != nil {
 			return nil, err
 		}
+		rtt = nanotime() - sent
 	} else {
+		sent := nanotime()
 		if _, err := transport.Write(mine.marshal()); err != nil {
 			return nil, err
 		}
-		if theirs, err = readHello(transport); err != nil {
+		theirs, err = readHello(transport)
+		rtt = nanotime() - sent
+		if err != nil {
 			if errors.Is(err, ErrIncompatible) || errors.Is(err, ErrProtocolViolation) {
 				refuse(err.Error())
 			}
@@ -136,12 +142,14 @@ func handshake(ctx context.Context, conn net.Conn, cfg *Config, server bool) (*C
 		}
 	}
 	w := newWireConn(transport)
+	w.win = newWindows(cfg, w.sendFrame)
+	w.win.noteRTT(rtt)
 	ycfg := &yamux.Config{
 		AcceptBacklog:          256,
 		EnableKeepAlive:        false, // package liveness does this, adaptively
 		KeepAliveInterval:      time.Hour,
 		ConnectionWriteTimeout: cfg.WriteTimeout,
-		MaxStreamWindowSize:    cfg.StreamWindow,
+		MaxStreamWindowSize:    yamuxWindow(cfg.MaxStreamWindow), // windows tunes below it
 		StreamCloseTimeout:     time.Minute,
 		StreamOpenTimeout:      0, // would close the whole session; liveness decides
 		Logger:                 yamuxLogger{cfg.Logger},

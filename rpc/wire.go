@@ -48,6 +48,12 @@ type wireConn struct {
 	errMu sync.Mutex
 	err   error // first transport error
 
+	// win tunes the streams' receive windows: it rewrites yamux's window
+	// updates on their way out and sends credit of its own (see windows).
+	// Nil until the session starts.
+	win *windows
+	wmu sync.Mutex // one frame on the transport at a time: yamux's, or win's
+
 	// Coalescing state, touched only by yamux's single send goroutine.
 	held bool
 	hdr  [yamuxHeaderSize]byte
@@ -114,6 +120,9 @@ func (w *wireConn) tell(f *atomic.Pointer[func()]) {
 }
 
 func (w *wireConn) Write(p []byte) (int, error) {
+	if !w.held && len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == yamuxTypeWindow && w.win != nil {
+		return w.windowUpdate(p)
+	}
 	// A yamux data frame header (version 0, type 0) announcing a body: hold it.
 	if !w.held && len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == 0 && binary.BigEndian.Uint32(p[8:12]) > 0 {
 		copy(w.hdr[:], p)
@@ -126,10 +135,7 @@ func (w *wireConn) Write(p []byte) (int, error) {
 	}
 	w.held = false
 	if len(p) > coalesceMax {
-		if _, err := w.write(w.hdr[:]); err != nil {
-			return 0, err
-		}
-		return w.write(p)
+		return w.write(w.hdr[:], p)
 	}
 	w.wbuf = append(append(w.wbuf[:0], w.hdr[:]...), p...)
 	n, err := w.write(w.wbuf)
@@ -147,8 +153,45 @@ func (w *wireConn) Write(p []byte) (int, error) {
 // notes them (Conn.readLoop).
 const progressBytes = 4 << 10
 
-func (w *wireConn) write(p []byte) (int, error) {
+// windowUpdate passes on one of yamux's window updates as the stream's
+// tuned window allows (see windows.outbound), or drops it.
+func (w *wireConn) windowUpdate(p []byte) (int, error) {
+	id := binary.BigEndian.Uint32(p[4:8])
+	flags := binary.BigEndian.Uint16(p[2:4])
+	delta, send := w.win.outbound(id, flags, binary.BigEndian.Uint32(p[8:12]))
+	if !send {
+		return len(p), nil
+	}
+	var hdr [yamuxHeaderSize]byte
+	copy(hdr[:], p)
+	binary.BigEndian.PutUint32(hdr[8:12], delta)
+	w.lastSend.Store(nanotime())
+	return w.write(hdr[:])
+}
+
+// sendFrame writes a frame of the transport's own (a window update) between
+// yamux's frames. A data frame's header held back for coalescing has not
+// been written yet, so the transport is at a frame boundary whenever the
+// write lock is free.
+func (w *wireConn) sendFrame(hdr []byte) error {
+	w.lastSend.Store(nanotime())
+	_, err := w.write(hdr)
+	return err
+}
+
+// write writes p, or a header and then its body, as one frame: nothing
+// else is written between them. It returns what it wrote of the last.
+func (w *wireConn) write(p []byte, body ...[]byte) (int, error) {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
 	n, err := w.Conn.Write(p)
+	for _, b := range body {
+		if err != nil {
+			n = 0
+			break
+		}
+		n, err = w.Conn.Write(b)
+	}
 	if err != nil {
 		w.noteErr(err)
 	}
@@ -188,6 +231,7 @@ const (
 	yamuxTypeWindow = 1
 	yamuxTypeGoAway = 3
 	yamuxFlagSYN    = 1
+	yamuxFlagACK    = 2
 	yamuxFlagFIN    = 4
 	yamuxFlagRST    = 8
 	yamuxCtrlStream = 1 // the client's first stream: ours, accepted at the handshake

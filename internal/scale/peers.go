@@ -40,11 +40,14 @@ const (
 //		goleak.VerifyTestMain(m)
 //	}
 //
+// In the process RunReconnect started, Child runs its kept peers until
+// standard input closes, and exits.
 // In the process Run started, Child opens the connections, reports on
 // standard output, keeps them idle until standard input closes, closes
 // them and exits; it never returns. In any other process it returns at
 // once.
 func Child(systems ...System) {
+	keepersChild() // RunReconnect's peers
 	name, ok := os.LookupEnv(envSystem)
 	if !ok {
 		return

@@ -40,7 +40,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/scale"
+	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 )
 
@@ -59,7 +61,25 @@ func main() {
 	jsonOut := flag.Bool("json", false, "print the results as JSON")
 	quiet := flag.Bool("q", false, "do not log the steps on standard error")
 	noNS := flag.Bool("no-namespace", false, "do not re-run in a private network namespace (then nothing is silenced)")
+	noKeepAlive := flag.Bool("no-keepalive", false, "tether: no kernel keepalive (liveness KeepAlive 0), so idle peers are probed as where there is no kernel evidence")
+	budget := flag.Int("probe-budget", -1, "tether: liveness IdleProbeBudget, probes a second to idle peers without kernel evidence (0: no bound; -1: the default)")
+	reconnect := flag.Bool("reconnect", false, "measure a connection storm instead: -peers kept peers partitioned at once, healed once both sides evicted them, coming back (tether only)")
+	hold := flag.Duration("hold", 0, "-reconnect: how long the partition is held after both sides evicted the kept peers")
+	steady := flag.Int("steady", 4, "-reconnect: established peers never partitioned, whose calls are timed")
 	flag.Parse()
+	if *reconnect {
+		os.Exit(runReconnect(*peers, *steady, *hold, *jsonOut, *quiet))
+	}
+	if *noKeepAlive || *budget >= 0 {
+		cfg := liveness.LAN()
+		if *noKeepAlive {
+			cfg.KeepAlive = 0
+		}
+		if *budget >= 0 {
+			cfg.IdleProbeBudget = *budget
+		}
+		systems[0] = scale.Tether(tether.WithLiveness(cfg))
+	}
 
 	var chosen []scale.System
 	for _, name := range strings.Split(*names, ",") {
@@ -78,7 +98,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
-	opts := options{peers: *peers, idle: *idle, frac: *frac, detect: *detect, conc: *conc, quiet: *quiet, noNS: *noNS}
+	opts := options{peers: *peers, idle: *idle, frac: *frac, detect: *detect, conc: *conc, quiet: *quiet, noNS: *noNS,
+		noKeepAlive: *noKeepAlive, budget: *budget}
 	var results []*scale.Result
 	failed := false
 	if len(chosen) == 1 {
@@ -147,6 +168,8 @@ type options struct {
 	frac         float64
 	conc         int
 	quiet, noNS  bool
+	noKeepAlive  bool
+	budget       int
 }
 
 // measure measures one system in this process, after re-running this
@@ -225,6 +248,10 @@ func measureApart(ctx context.Context, name string, o options) ([]*scale.Result,
 	if o.noNS {
 		args = append(args, "-no-namespace")
 	}
+	if o.noKeepAlive {
+		args = append(args, "-no-keepalive")
+	}
+	args = append(args, "-probe-budget", strconv.Itoa(o.budget))
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Stderr = os.Stderr
 	cmd.WaitDelay = 10 * time.Second

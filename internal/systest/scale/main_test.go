@@ -12,6 +12,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	scale.Child(scale.Tether()) // in the peers process: dial, idle, exit
+	scale.Child(scale.Tether()) // in the peers (or keepers) process: dial, idle, exit
 	goleak.VerifyTestMain(m)
 }

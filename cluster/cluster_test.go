@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -15,7 +14,7 @@ import (
 // every node holds a live reference to every other, and calls work.
 func TestClusterForms(t *testing.T) {
 	ms := startCluster(t, 8)
-	took := allConnected(t, ms, ttest.Scaled(15*time.Second))
+	took := allConnected(t, ms, 15*time.Second)
 	t.Logf("8 members connected pairwise %v after the last joined", took)
 	for _, m := range ms {
 		kept := 0
@@ -40,7 +39,7 @@ func TestClusterForms(t *testing.T) {
 // every member; members' connections are untouched.
 func TestClusterRefusesStrangers(t *testing.T) {
 	ms := startCluster(t, 3)
-	allConnected(t, ms, ttest.Scaled(15*time.Second))
+	allConnected(t, ms, 15*time.Second)
 	stranger := start(t, nil) // a cluster of its own, with another Gate
 	for _, m := range ms {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -20,17 +20,22 @@ import (
 // secret is the test clusters' key.
 var secret = []byte("0123456789abcdef")
 
-// testGossip is memberlist tuned for loopback tests: probes every 200 ms
-// (stretched on slow machines), so that a member is declared dead within
-// a few seconds.
+// testGossip is memberlist tuned for loopback tests: probes every 250 ms
+// (twice that under the race detector), so that a member is declared dead
+// within a few seconds.
 func testGossip() *memberlist.Config {
+	slow := time.Duration(1)
+	if ttest.Race {
+		slow = 2
+	}
 	mc := memberlist.DefaultLocalConfig()
-	mc.ProbeInterval = ttest.Scaled(200 * time.Millisecond)
-	mc.ProbeTimeout = ttest.Scaled(100 * time.Millisecond)
+	mc.ProbeInterval = slow * 250 * time.Millisecond
+	mc.ProbeTimeout = slow * 125 * time.Millisecond
 	mc.GossipInterval = 50 * time.Millisecond
 	mc.PushPullInterval = 2 * time.Second
 	mc.SuspicionMult = 3
-	mc.TCPTimeout = ttest.Scaled(time.Second)
+	mc.RetransmitMult = 4 // DefaultLANConfig's: with DefaultLocalConfig's 2, news of a join misses a member now and then
+	mc.TCPTimeout = slow * time.Second
 	mc.GossipToTheDeadTime = 2 * time.Second
 	return mc
 }
@@ -55,6 +60,13 @@ func startWith(t *testing.T, cfg cluster.Config, opts ...tether.Option) *member 
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startAs(t, cert, cfg, opts...)
+}
+
+// startAs is startWith with the node's certificate.
+func startAs(t *testing.T, cert tls.Certificate, cfg cluster.Config, opts ...tether.Option) *member {
+	t.Helper()
+	var err error
 	m := &member{gate: new(cluster.Gate), tls: rpc.TLSConfig(cert)}
 	m.n = ttnode.Start(t, append([]tether.Option{tether.WithTLS(m.tls), tether.WithAdmission(m.gate.Admit)}, opts...)...)
 	m.n.Handle("echo", rpc.Func(ttnode.Echo))
@@ -117,4 +129,46 @@ func ids(ms []*member) []peer.ID {
 		out[i] = m.n.ID()
 	}
 	return out
+}
+
+// members reports whether m knows exactly the others of ms as members.
+func knowsAll(m *member, ms []*member) bool {
+	want := map[peer.ID]bool{}
+	for _, o := range ms {
+		if o != m {
+			want[o.n.ID()] = true
+		}
+	}
+	got := m.c.Members()
+	if len(got) != len(want) {
+		return false
+	}
+	for _, o := range got {
+		if !want[o.ID] {
+			return false
+		}
+	}
+	return true
+}
+
+// without returns ms without x.
+func without(ms []*member, x *member) []*member {
+	var out []*member
+	for _, m := range ms {
+		if m != x {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// dialsCount is how many members m keeps (dials).
+func dialsCount(m *member) int {
+	n := 0
+	for _, o := range m.c.Members() {
+		if o.Kept {
+			n++
+		}
+	}
+	return n
 }

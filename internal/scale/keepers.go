@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,4 +230,111 @@ func (c *dialFailCore) Write(_ zapcore.Entry, fields []zapcore.Field) error {
 	}
 	c.c.add(msg)
 	return nil
+}
+
+// keepersProc is the keepers process, seen from the node.
+type keepersProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string // its standard output, line by line; closed at its end
+	done  chan struct{}
+	werr  error
+	once  sync.Once
+}
+
+func startKeepers(ctx context.Context, addr string, n, steady int) (*keepersProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("scale: cannot find this binary to re-execute: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), envKeep+"="+strconv.Itoa(n), envSteady+"="+strconv.Itoa(steady), envAddr+"="+addr)
+	cmd.Stderr = os.Stderr
+	cmd.WaitDelay = closeTimeout
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("scale: starting the keepers process: %w", err)
+	}
+	k := &keepersProc{cmd: cmd, stdin: stdin, lines: make(chan string, 16), done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			k.lines <- sc.Text()
+		}
+		close(k.lines)
+		k.werr = cmd.Wait()
+		close(k.done)
+	}()
+	return k, nil
+}
+
+func (k *keepersProc) send(line string) error {
+	if _, err := io.WriteString(k.stdin, line+"\n"); err != nil {
+		return fmt.Errorf("scale: telling the keepers process %q: %w", line, err)
+	}
+	return nil
+}
+
+// next waits up to d for the next line starting with prefix, skipping
+// others.
+func (k *keepersProc) next(prefix string, d time.Duration) (string, error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case line, ok := <-k.lines:
+			if !ok {
+				<-k.done
+				return "", fmt.Errorf("%w: %v", errNoPeers, k.werr)
+			}
+			if strings.HasPrefix(line, prefix) {
+				return line, nil
+			}
+		case <-t.C:
+			return "", fmt.Errorf("scale: the keepers process did not say %q within %v", prefix, d)
+		}
+	}
+}
+
+func (k *keepersProc) expect(line string, d time.Duration) error {
+	got, err := k.next(line, d)
+	if err == nil && got != line {
+		err = fmt.Errorf("scale: the keepers process said %q, not %q", got, line)
+	}
+	return err
+}
+
+// err returns an error if the keepers process has ended.
+func (k *keepersProc) err() error {
+	select {
+	case <-k.done:
+		return fmt.Errorf("%w: %v", errNoPeers, k.werr)
+	default:
+		return nil
+	}
+}
+
+// stop ends the keepers process: its standard input closes, it closes its
+// registries and exits (killed if it takes longer than its bound).
+func (k *keepersProc) stop() {
+	k.once.Do(func() {
+		k.stdin.Close()
+		go func() { // drain its output
+			for range k.lines {
+			}
+		}()
+		select {
+		case <-k.done:
+		case <-time.After(closeTimeout + 5*time.Second):
+			k.cmd.Process.Kill()
+			<-k.done
+		}
+	})
 }

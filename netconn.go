@@ -1,0 +1,264 @@
+package tether
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetherrpc/tether/peer"
+	"github.com/tetherrpc/tether/rpc"
+)
+
+// Addr is the address of one end of a conn from Listener or DialConn: the
+// node's ID and the network address of the tether connection the conn
+// runs over. Its String, "ID@host:port", is the form Dial and DialConn
+// take, so a server may learn who called with
+//
+//	id := c.RemoteAddr().(tether.Addr).ID
+//
+// (net/http puts the String in Request.RemoteAddr; gRPC in peer.Peer.Addr).
+type Addr struct {
+	ID  peer.ID
+	Net net.Addr // where the tether connection runs: a *net.TCPAddr over TCP
+}
+
+// Network is "tether".
+func (a Addr) Network() string { return "tether" }
+
+func (a Addr) String() string {
+	if a.Net == nil {
+		return string(a.ID)
+	}
+	return string(a.ID) + "@" + a.Net.String()
+}
+
+// Listener returns a net.Listener whose Accept yields, as net.Conns, the
+// streams that peers open to service with DialConn: gRPC, net/http or
+// net/rpc serve over tether by taking it in place of a TCP listener. Each
+// conn runs over the one tether connection to its peer and dies with it:
+// once the peer is evicted (a silent partition is found in about a second)
+// every conn to it fails at once with a *rpc.DeadError. See DialConn for
+// the conns' semantics.
+//
+// Closing the listener stops that service only: conns already accepted go
+// on, those not yet accepted are closed, Accept returns net.ErrClosed, and
+// peers opening new streams to the service are refused. The node's Close
+// does not close its listeners: close them first (grpc.Server.Stop and
+// http.Server.Close do). A second Listener for the same service takes over
+// from the first for new streams.
+//
+// An accepted conn holds a goroutine (the stream handler's) until it is
+// closed; an idle conn costs no other.
+func (n *Node) Listener(service string) net.Listener {
+	l := &listener{
+		n:       n,
+		service: service,
+		addr:    Addr{ID: n.ID(), Net: n.Addr()},
+		conns:   make(chan *streamConn),
+		done:    make(chan struct{}),
+	}
+	n.HandleStream(service, rpc.StreamFunc(l.serve))
+	return l
+}
+
+// ErrServiceClosed is what a stream opened to a closed Listener's service
+// ends with, where the stream reached it before the listener was gone.
+var ErrServiceClosed = errors.New("tether: service closed")
+
+type listener struct {
+	n       *Node
+	service string
+	addr    Addr
+	conns   chan *streamConn
+	done    chan struct{}
+	once    sync.Once
+}
+
+// serve is the stream handler: it hands the stream to Accept as a conn and
+// holds it until the conn is closed, the peer closes its end, or the
+// connection dies.
+func (l *listener) serve(ctx context.Context, s *rpc.Stream) error {
+	c := newStreamConn(s, false, nil)
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		return ErrServiceClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// Accept waits for a peer to open a stream to the service.
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, &net.OpError{Op: "accept", Net: "tether", Addr: l.addr, Err: net.ErrClosed}
+	}
+}
+
+// Close stops the service; see Node.Listener.
+func (l *listener) Close() error {
+	l.once.Do(func() {
+		close(l.done)
+		// Refuse new streams: the service is no longer served. A stream
+		// handler of nil removes the service's.
+		l.n.HandleStream(l.service, nil)
+	})
+	return nil
+}
+
+// Addr is the node's ID and listening address.
+func (l *listener) Addr() net.Addr { return l.addr }
+
+// DialConn returns a net.Conn to service (served by the peer's Listener)
+// on the peer at addr ("host:port" or "ID@host:port", as Dial takes). It
+// runs as a stream over the node's one tether connection to that peer,
+// dialed or reused (see Dial): give it to gRPC with grpc.WithContextDialer,
+// to net/http as an http.Transport's DialContext, or to net/rpc.NewClient.
+// ctx bounds the dial and the opening of the stream only, as net.Dialer's
+// does, not the conn's life. A peer that serves no such service refuses
+// the stream: the error matches rpc.ErrUnknownMethod.
+//
+// The conn (and its peer's end from Listener) has the net.Conn semantics
+// of TCP: deadlines (a Read or Write past one returns an error matching
+// os.ErrDeadlineExceeded, a net.Error whose Timeout is true), a half-close
+// by CloseWrite (the peer reads io.EOF; reading goes on), and addresses of
+// type Addr carrying the nodes' IDs. Unlike a TCP conn it does not wait
+// 15 minutes to notice a silent peer: when the peer is evicted every conn
+// to it fails at once, Read and Write returning a *rpc.DeadError
+// (errors.Is(err, rpc.ErrDeadReference)) that wraps the cause, such as a
+// *liveness.Verdict for missed heartbeats.
+func (n *Node) DialConn(ctx context.Context, addr, service string) (net.Conn, error) {
+	p, err := n.Dial(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("tether: dialing %s for %q: %w", addr, service, err)
+	}
+	// The stream's own context outlives ctx, which ends the opening only;
+	// it ends with the connection, so that blocked Reads and Writes return
+	// at its death at once (yamux's would spin until the session's streams
+	// are closed).
+	sctx, cancel := context.WithCancel(p.Conn().Context())
+	stop := context.AfterFunc(ctx, cancel)
+	s, err := p.Stream(sctx, service)
+	if !stop() { // ctx ended while opening: the stream is interrupted
+		if s != nil {
+			s.Close()
+		}
+		cancel()
+		return nil, fmt.Errorf("tether: opening %q on %s: %w", service, addr, ctx.Err())
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("tether: opening %q on %s: %w", service, addr, err)
+	}
+	return newStreamConn(s, true, cancel), nil
+}
+
+// streamConn is an rpc.Stream as a net.Conn.
+type streamConn struct {
+	s             *rpc.Stream
+	dialed        bool
+	cancel        context.CancelFunc // the dialing side's stream context; nil on the accepting side
+	local, remote Addr
+	done          chan struct{} // closed by Close
+	closed        atomic.Bool
+	once          sync.Once
+}
+
+func newStreamConn(s *rpc.Stream, dialed bool, cancel context.CancelFunc) *streamConn {
+	rc := s.Conn()
+	return &streamConn{
+		s:      s,
+		dialed: dialed,
+		cancel: cancel,
+		local:  Addr{ID: peer.ID(rc.LocalID()), Net: rc.LocalAddr()},
+		remote: Addr{ID: peer.ID(rc.RemoteID()), Net: rc.RemoteAddr()},
+		done:   make(chan struct{}),
+	}
+}
+
+func (c *streamConn) Read(p []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, c.opErr("read", net.ErrClosed)
+	}
+	n, err := c.s.Read(p)
+	if err != nil && err != io.EOF {
+		err = c.opErr("read", err)
+	}
+	return n, err
+}
+
+func (c *streamConn) Write(p []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, c.opErr("write", net.ErrClosed)
+	}
+	n, err := c.s.Write(p)
+	if err != nil {
+		err = c.opErr("write", err)
+	}
+	return n, err
+}
+
+// CloseWrite closes the writing side: the peer reads io.EOF after what was
+// written; reading goes on.
+func (c *streamConn) CloseWrite() error {
+	if err := c.s.CloseWrite(); err != nil {
+		return c.opErr("close", err)
+	}
+	return nil
+}
+
+// Close closes the conn; the peer reads io.EOF. Blocked Reads and Writes
+// return net.ErrClosed.
+func (c *streamConn) Close() error {
+	c.once.Do(func() {
+		c.closed.Store(true)
+		c.s.SetDeadline(time.Unix(1, 0)) // yamux's Close ends writing only
+		c.s.Close()
+		if c.cancel != nil {
+			c.cancel()
+		}
+		close(c.done)
+	})
+	return nil
+}
+
+func (c *streamConn) LocalAddr() net.Addr  { return c.local }
+func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
+
+func (c *streamConn) SetDeadline(t time.Time) error      { return c.s.SetDeadline(t) }
+func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.s.SetReadDeadline(t) }
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.s.SetWriteDeadline(t) }
+
+// opErr puts a stream's error in net.Conn's terms: net.ErrClosed after
+// Close; on the accepting side, the end of the peer's stream context (the
+// peer closed its end) reads as io.EOF; a dead connection stays a
+// *rpc.DeadError. All but io.EOF come as a *net.OpError.
+func (c *streamConn) opErr(op string, err error) error {
+	switch {
+	case c.closed.Load():
+		err = net.ErrClosed
+	case !c.dialed && errors.Is(err, context.Canceled) && c.s.Conn().Err() == nil:
+		if op == "read" {
+			return io.EOF
+		}
+		err = errPeerClosed
+	}
+	return &net.OpError{Op: op, Net: "tether", Source: c.local, Addr: c.remote, Err: err}
+}
+
+// errPeerClosed is a write's error on an accepted conn whose peer has
+// closed it, as a TCP write's after a reset.
+var errPeerClosed = errors.New("tether: conn closed by peer")

@@ -2,6 +2,7 @@ package liveness
 
 import (
 	"container/heap"
+	"sync"
 	"testing"
 	"time"
 )
@@ -177,7 +178,8 @@ func TestProbeBudgetBoundsIdleProbes(t *testing.T) {
 
 // A call that goes out to an idle peer waiting for its slot, with no Kick
 // (the peer sent something lately), is not kept waiting for the slot: the
-// waiting peer is looked at every Interval, and probed at once when busy.
+// waiting peer is looked at every waitingLook, and probed at once when
+// busy.
 func TestProbeBudgetLetsBusyPeersThrough(t *testing.T) {
 	cfg := LAN()
 	f := newFleetSim(cfg, 10_000)
@@ -198,7 +200,7 @@ func TestProbeBudgetLetsBusyPeersThrough(t *testing.T) {
 	if p.dead == nil {
 		t.Fatal("never convicted")
 	}
-	if took, bound := p.deadAt.Sub(from), cfg.Interval+cfg.DeadAfter+cfg.RetryInterval+batchWindow; took > bound {
+	if took, bound := p.deadAt.Sub(from), waitingLook+cfg.DeadAfter+cfg.RetryInterval+batchWindow; took > bound {
 		t.Fatalf("a busy silent peer waiting for its slot noticed after %v; the bound is %v", took, bound)
 	}
 }
@@ -260,4 +262,57 @@ func slicesDelete(h simHeap, p *simPeer) simHeap {
 		}
 	}
 	return h
+}
+
+// autoTarget answers every probe at once.
+type autoTarget struct {
+	mu       sync.Mutex
+	lastRecv time.Time
+	probes   int
+}
+
+func (a *autoTarget) LastReceived() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastRecv
+}
+
+func (a *autoTarget) Probe(fn func(time.Duration)) error {
+	a.mu.Lock()
+	a.lastRecv = time.Now()
+	a.probes++
+	a.mu.Unlock()
+	fn(time.Microsecond)
+	return nil
+}
+
+// The Monitor holds idle peers without kernel evidence to its budget, on
+// the real clock: 40 peers probed every 50 ms would take 800 probes a
+// second; with a budget of 40 a second they get about that many.
+func TestMonitorProbeBudget(t *testing.T) {
+	cfg := Local()
+	cfg.IdleProbeBudget = 40
+	m, err := NewMonitor(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	targets := make([]*autoTarget, 40)
+	for i := range targets {
+		targets[i] = &autoTarget{lastRecv: time.Now()}
+		w := m.Watch(targets[i], nil, Events{Dead: func(v *Verdict) { t.Errorf("peer %d convicted: %v", i, v) }})
+		defer w.Stop()
+	}
+	time.Sleep(200 * time.Millisecond) // the learning probes, and the first slots
+	p0 := m.Stats().Probes
+	time.Sleep(time.Second)
+	st := m.Stats()
+	probes := st.Probes - p0
+	t.Logf("%d probes in 1 s (budget 40/s, unbounded 800/s); %+v", probes, st)
+	if probes > 40*2 {
+		t.Errorf("%d probes in a second, over a budget of 40", probes)
+	}
+	if probes < 10 || st.Deferred == 0 {
+		t.Errorf("%d probes, %d deferred: the budget is not used", probes, st.Deferred)
+	}
 }

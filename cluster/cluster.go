@@ -36,6 +36,8 @@ type Cluster struct {
 	kept    map[peer.ID]*peer.Kept // the members this node dials
 	changed chan struct{}          // closed, and replaced, at every change
 	closed  bool
+	wg      sync.WaitGroup // goodbyes under way
+	unsub   func()         // from the registry's events
 }
 
 // member is one other member, as the gossip tells it.
@@ -84,12 +86,14 @@ func Join(ctx context.Context, n *tether.Node, cfg Config) (*Cluster, error) {
 	if c.gate != nil && !c.gate.c.CompareAndSwap(nil, c) {
 		return nil, fmt.Errorf("%w: the Gate is another cluster's", ErrConfig)
 	}
+	c.unsub = n.Peers().Subscribe(c.connected)
 	mc.Name = string(c.self)
 	mc.Delegate = &delegate{meta: encodeMeta(advertise)}
 	mc.Events = &events{c}
 	mc.LogOutput, mc.Logger = logWriter{c.log.Named("memberlist")}, nil
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		c.unsub()
 		c.detach()
 		return nil, fmt.Errorf("cluster: starting the gossip: %w", err)
 	}
@@ -224,11 +228,13 @@ func (c *Cluster) Close() error {
 	kept := c.kept
 	c.kept = map[peer.ID]*peer.Kept{}
 	c.mu.Unlock()
+	c.unsub()
 	c.detach()
 	for _, k := range kept {
 		k.Stop()
 	}
 	err := c.ml.Shutdown()
+	c.wg.Wait()
 	c.mu.Lock()
 	c.members = map[peer.ID]*member{}
 	c.notify()

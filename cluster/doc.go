@@ -88,7 +88,10 @@
 // connected with overwhelming probability; a 1,000-member cluster costs
 // each node about 64 connections, not 999. Of each connected pair, the
 // member with the smaller ID dials and keeps the connection; the other
-// accepts it. A negative MaxKept connects every pair, however many.
+// accepts it. When the cluster grows past the bound, the connections of
+// pairs no longer chosen are closed with a goodbye (ErrUnpaired); their
+// members still admit each other's calls. A negative MaxKept connects
+// every pair, however many.
 //
 // # Logs
 //

@@ -172,3 +172,9 @@ func dialsCount(m *member) int {
 	}
 	return n
 }
+
+// waitSettled waits for cond, which reads the cluster's state as a whole.
+func waitSettled(t *testing.T, cond func() bool) {
+	t.Helper()
+	ttest.WaitFor(t, 15*time.Second, cond, "the cluster to settle")
+}

@@ -112,7 +112,11 @@ func (c *Cluster) rebalance() {
 		}
 	}
 	for id, m := range c.members {
-		if _, ok := c.kept[id]; ok || !c.dials(m, limit) {
+		if !c.dials(m, limit) {
+			c.unpair(id)
+			continue
+		}
+		if _, ok := c.kept[id]; ok {
 			continue
 		}
 		k, err := c.n.Peers().KeepAddr(string(id) + "@" + m.addr)
@@ -152,4 +156,46 @@ func pairScore(a, b peer.ID) uint64 {
 	h.Write([]byte{0})
 	h.Write([]byte(b))
 	return binary.BigEndian.Uint64(h.Sum(nil))
+}
+
+// ErrUnpaired is the cause of the goodbye a member says on a connection it
+// no longer keeps because the cluster outgrew the bound (Config.MaxKept):
+// the pair is no longer among those connected.
+var ErrUnpaired = errors.New("cluster: the pair is no longer kept connected (the bound)")
+
+// unpair says goodbye on this node's own connection to a member it does
+// not keep, if it holds one (made while it kept it), so that the bound
+// holds; the member is still a member, and its dials are still admitted.
+// c.mu is held.
+func (c *Cluster) unpair(id peer.ID) {
+	p, ok := c.n.Peers().Get(id)
+	if !ok || !p.Dialed() || p.Err() != nil {
+		return
+	}
+	c.unpairPeer(p)
+}
+
+func (c *Cluster) unpairPeer(p *peer.Peer) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		p.Conn().Leave(ErrUnpaired)
+	}()
+}
+
+// connected hears of the node's new references: one this node dialed to a
+// member it no longer keeps (a dial under way when the keeping stopped) is
+// let go at once.
+func (c *Cluster) connected(ev peer.Event) {
+	if ev.Kind != peer.Connected || !ev.Peer.Dialed() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if m := c.members[ev.ID]; m != nil && !c.dials(m, c.threshold()) {
+		c.unpairPeer(ev.Peer)
+	}
 }

@@ -141,29 +141,77 @@ func (l *listener) Addr() net.Addr { return l.addr }
 // (errors.Is(err, rpc.ErrDeadReference)) that wraps the cause, such as a
 // *liveness.Verdict for missed heartbeats.
 func (n *Node) DialConn(ctx context.Context, addr, service string) (net.Conn, error) {
-	p, err := n.Dial(ctx, addr)
-	if err != nil {
-		return nil, fmt.Errorf("tether: dialing %s for %q: %w", addr, service, err)
-	}
-	// The stream's own context outlives ctx, which ends the opening only;
-	// it ends with the connection, so that blocked Reads and Writes return
-	// at its death at once (yamux's would spin until the session's streams
-	// are closed).
-	sctx, cancel := context.WithCancel(p.Conn().Context())
-	stop := context.AfterFunc(ctx, cancel)
-	s, err := p.Stream(sctx, service)
-	if !stop() { // ctx ended while opening: the stream is interrupted
-		if s != nil {
-			s.Close()
+	for retried := false; ; retried = true {
+		p, err := n.dialShared(ctx, addr)
+		if err != nil {
+			return nil, fmt.Errorf("tether: dialing %s for %q: %w", addr, service, err)
+		}
+		// The stream's own context outlives ctx, which ends the opening
+		// only; it ends with the connection, so that blocked Reads and
+		// Writes return at its death at once (yamux's would spin until
+		// the session's streams are closed).
+		sctx, cancel := context.WithCancel(p.Conn().Context())
+		stop := context.AfterFunc(ctx, cancel)
+		s, err := p.Stream(sctx, service)
+		if !stop() { // ctx ended while opening: the stream is interrupted
+			if s != nil {
+				s.Close()
+			}
+			cancel()
+			return nil, fmt.Errorf("tether: opening %q on %s: %w", service, addr, ctx.Err())
+		}
+		if err == nil {
+			return newStreamConn(s, true, cancel), nil
 		}
 		cancel()
-		return nil, fmt.Errorf("tether: opening %q on %s: %w", service, addr, ctx.Err())
+		if p.Err() == nil || retried {
+			return nil, fmt.Errorf("tether: opening %q on %s: %w", service, addr, err)
+		}
+		// The reference died as the stream opened (replaced by the peer's
+		// own connection to us, say): once more, on the live one.
 	}
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("tether: opening %q on %s: %w", service, addr, err)
+}
+
+// dialing holds the dials in flight by node and address, so that
+// concurrent DialConns to one peer (an http.Transport opening several
+// conns, gRPC clients starting together) share one tether connection:
+// each Dial would otherwise make its own, and the registry keep only one.
+var dialing sync.Map // dialKey -> *dialCall
+
+type dialKey struct {
+	n    *Node
+	addr string
+}
+
+type dialCall struct {
+	done chan struct{}
+	p    *peer.Peer
+	err  error
+}
+
+// dialShared is Dial, joining a dial to addr already in flight.
+func (n *Node) dialShared(ctx context.Context, addr string) (*peer.Peer, error) {
+	k := dialKey{n, addr}
+	for {
+		c := &dialCall{done: make(chan struct{})}
+		v, inFlight := dialing.LoadOrStore(k, c)
+		if !inFlight {
+			c.p, c.err = n.Dial(ctx, addr)
+			dialing.Delete(k)
+			close(c.done)
+			return c.p, c.err
+		}
+		o := v.(*dialCall)
+		select {
+		case <-o.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if o.err == nil || !(errors.Is(o.err, context.Canceled) || errors.Is(o.err, context.DeadlineExceeded)) {
+			return o.p, o.err
+		}
+		// That dial's context ended, not necessarily ours: dial again.
 	}
-	return newStreamConn(s, true, cancel), nil
 }
 
 // streamConn is an rpc.Stream as a net.Conn.

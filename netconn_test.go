@@ -306,3 +306,46 @@ func TestListenerCloseManyConns(t *testing.T) {
 	waitFor(t, func() bool { return runtime.NumGoroutine() <= base+2 },
 		"the conns' goroutines to end")
 }
+
+// Concurrent DialConns to a peer not yet connected share one tether
+// connection: none is lost to the registry keeping only one.
+func TestDialConnConcurrent(t *testing.T) {
+	const n = 50
+	a, b := node(t), node(t)
+	ln := b.Listener("svc")
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			c, err := a.DialConn(context.Background(), b.Addr().String(), "svc")
+			if err == nil {
+				_, err = c.Write([]byte("hi"))
+				if err == nil {
+					_, err = io.ReadFull(c, make([]byte, 2))
+				}
+				c.Close()
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := a.Peers().Stats(); st.Connects != 1 {
+		t.Fatalf("%d connections made for %d concurrent DialConns, want 1", st.Connects, n)
+	}
+}

@@ -31,6 +31,20 @@
 //	p.Blackhole() // nothing forwarded; connections stay open
 //	p.Reset()     // every connection aborted with a RST
 //
+// The Proxy also carries its connections over a long path: SetLink gives
+// each direction a Link with a one-way Delay, Jitter, a Rate and a bounded
+// Queue, for tests of what depends on the round trip (window tuning,
+// probes, timeouts) on machines without netem. The proxy's kernel
+// acknowledges TCP at once, so TCP's own round trip stays loopback's, while
+// the application's round trips (requests, yamux window updates, probes)
+// take the full delay: a stream with receive window W moves at most W per
+// round trip, as on a real long path. A Node uses the link by dialing
+// p.Addr() instead of the other Node's address.
+//
+//	wan := partition.Link{Delay: 25 * time.Millisecond, Jitter: 2 * time.Millisecond, Rate: 100 << 20}
+//	p.SetLink(wan, wan) // 50 ms round trip, 100 MiB/s each way
+//	conn, _ := net.Dial("tcp", p.Addr())
+//
 // Kernel-level partitions, on Linux as root: DropPort has iptables drop a
 // port's packets, which is a true silent partition (no ACKs, no RST, no
 // ICMP); Loss drops a share of them and LimitRate shapes a device with tc.
@@ -53,4 +67,17 @@
 //			t.Fatal(err)
 //		}
 //	}
+//
+// For many hosts, a LAN: N network namespaces, each a host with its own
+// IPv4 address, on a Linux bridge in a namespace of its own, all held by
+// this process and gone with it. Its hosts run programs (Command) or, in
+// this process, listen and dial (Listen, Dial), so nodes in one test run on
+// distinct hosts. Silence, Cut, CutOneWay, Split and Loss have iptables
+// drop packets as they reach a host; Delay needs netem.
+//
+//	lan := partition.LANForTest(t, 20) // skips where impossible
+//	ln, _ := lan.Host(1).Listen("tcp", ":7000")
+//	heal, _ := lan.Silence(1) // host 1's packets vanish, both ways
+//	c, err := lan.Host(0).Dial(ctx, "tcp", lan.Host(1).Addr().String()+":7000") // times out
+//	heal()
 package partition

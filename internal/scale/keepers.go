@@ -222,13 +222,11 @@ func (c *dialFailCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore
 }
 
 func (c *dialFailCore) Write(_ zapcore.Entry, fields []zapcore.Field) error {
-	msg := "?"
+	enc := zapcore.NewMapObjectEncoder()
 	for _, f := range fields {
-		if err, ok := f.Interface.(error); ok && f.Key == "error" {
-			msg = err.Error()
-		}
+		f.AddTo(enc)
 	}
-	c.c.add(msg)
+	c.c.add(fmt.Sprint(enc.Fields["error"]))
 	return nil
 }
 

@@ -109,6 +109,11 @@ type ReconnectResult struct {
 	// after the heal.
 	HandshakesRefused int `json:"handshakes_refused"`
 	HandshakesCut     int `json:"handshakes_cut"`
+	// RefusedWhy counts the refusals after the heal by their cause (the
+	// last part of the node's error). "EOF" and "connection reset by peer"
+	// are dialers that gave up before the node read their hello: their dial
+	// timeout, begun while partitioned, ran out in the node's accept queue.
+	RefusedWhy map[string]int `json:"refused_why,omitempty"`
 
 	// Steady peers' calls, from the node: p50 and p99 before the
 	// partition, and during the wave (from the heal until all are back);
@@ -243,7 +248,7 @@ func RunReconnect(ctx context.Context, cfg ReconnectConfig) (res *ReconnectResul
 		return res, err
 	}
 	cfg.Logf("reconnect: partitioned")
-	evictBound := 30 * time.Second
+	evictBound := 30*time.Second + time.Duration(cfg.Peers)*3*time.Millisecond
 	if !waitUntil(ctx, evictBound, func() bool { return node.lostSincePartition() == cfg.Peers }) {
 		return res, fmt.Errorf("scale: reconnect: the node evicted %d of %d kept peers within %v", node.lostSincePartition(), cfg.Peers, evictBound)
 	}
@@ -261,6 +266,7 @@ func RunReconnect(ctx context.Context, cfg ReconnectConfig) (res *ReconnectResul
 
 	// Heal, and watch them come back.
 	hs0, cut0 := node.refused.Load(), node.cut.Load()
+	node.why.take()
 	stalls := watchStalls(10 * time.Millisecond)
 	defer stalls.stop()
 	cpu0, drops0, wait0 := cpuTime(), backlogDrops(), runQueueWait()
@@ -292,6 +298,7 @@ func RunReconnect(ctx context.Context, cfg ReconnectConfig) (res *ReconnectResul
 		res.NodeStalls = append(res.NodeStalls, [2]float64{ms(st[0].Sub(healAt)), ms(st[1].Sub(st[0]))})
 	}
 	res.HandshakesRefused, res.HandshakesCut = int(node.refused.Load()-hs0), int(node.cut.Load()-cut0)
+	res.RefusedWhy = node.why.take()
 	back := node.backTimes()
 	res.Back = len(back)
 	if len(back) > 0 {

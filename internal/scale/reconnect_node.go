@@ -144,6 +144,7 @@ type reconnectNode struct {
 	warn atomic.Int64
 	// The node's log lines for handshakes refused and cut off.
 	refused, cut atomic.Int64
+	why          refusals
 
 	mu        sync.Mutex
 	live      map[peer.ID]bool
@@ -160,7 +161,7 @@ func startReconnectNode(opts []tether.Option) (*reconnectNode, error) {
 		return nil, err
 	}
 	rn := &reconnectNode{dir: dir, live: map[peer.ID]bool{}, lostAt: map[peer.ID]time.Time{}, backAt: map[peer.ID]time.Time{}}
-	zl := zap.New(&handshakeCore{warn: &rn.warn, refused: &rn.refused, cut: &rn.cut})
+	zl := zap.New(&handshakeCore{warn: &rn.warn, refused: &rn.refused, cut: &rn.cut, why: &rn.why})
 	n, err := tether.Listen("127.0.0.1:0", append([]tether.Option{tether.WithLogger(zl), tether.WithIncidentDir(dir)}, opts...)...)
 	if err != nil {
 		os.RemoveAll(dir)
@@ -278,7 +279,38 @@ func (rn *reconnectNode) close() {
 
 // handshakeCore is a zap core that counts the node's lines at Warn and
 // above, and its Info lines for handshakes refused and cut off.
-type handshakeCore struct{ warn, refused, cut *atomic.Int64 }
+type handshakeCore struct {
+	warn, refused, cut *atomic.Int64
+	why                *refusals
+}
+
+// refusals counts the node's refused handshakes by their errors.
+type refusals struct {
+	mu sync.Mutex
+	by map[string]int
+}
+
+func (r *refusals) add(why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.by == nil {
+		r.by = map[string]int{}
+	}
+	if len(r.by) < 20 {
+		r.by[why]++
+	} else {
+		r.by["other"]++
+	}
+}
+
+// take returns the counts so far and starts afresh.
+func (r *refusals) take() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.by
+	r.by = nil
+	return m
+}
 
 func (c *handshakeCore) Enabled(l zapcore.Level) bool      { return l >= zapcore.InfoLevel }
 func (c *handshakeCore) With([]zapcore.Field) zapcore.Core { return c }
@@ -291,12 +323,21 @@ func (c *handshakeCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcor
 	return ce
 }
 
-func (c *handshakeCore) Write(e zapcore.Entry, _ []zapcore.Field) error {
+func (c *handshakeCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	switch {
 	case e.Level >= zapcore.WarnLevel:
 		c.warn.Add(1)
 	case e.Message == "handshake refused":
 		c.refused.Add(1)
+		enc := zapcore.NewMapObjectEncoder()
+		for _, f := range fields {
+			f.AddTo(enc)
+		}
+		why := fmt.Sprint(enc.Fields["error"])
+		if i := strings.LastIndex(why, ": "); i >= 0 {
+			why = why[i+2:] // the cause, without the addresses
+		}
+		c.why.add(why)
 	case strings.HasPrefix(e.Message, "handshake slots full"):
 		c.cut.Add(1)
 	}

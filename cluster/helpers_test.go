@@ -34,6 +34,7 @@ func testGossip() *memberlist.Config {
 	mc.GossipInterval = 50 * time.Millisecond
 	mc.PushPullInterval = 2 * time.Second
 	mc.SuspicionMult = 3
+	mc.IndirectChecks = 3 // DefaultLANConfig's: a member reached through three others
 	mc.RetransmitMult = 4 // DefaultLANConfig's: with DefaultLocalConfig's 2, news of a join misses a member now and then
 	mc.TCPTimeout = slow * time.Second
 	mc.GossipToTheDeadTime = 2 * time.Second
@@ -66,9 +67,19 @@ func startWith(t *testing.T, cfg cluster.Config, opts ...tether.Option) *member 
 // startAs is startWith with the node's certificate.
 func startAs(t *testing.T, cert tls.Certificate, cfg cluster.Config, opts ...tether.Option) *member {
 	t.Helper()
-	var err error
+	return startAsAt(t, "127.0.0.1:0", cert, cfg, opts...)
+}
+
+// startAsAt is startAs with the node listening on addr.
+func startAsAt(t *testing.T, addr string, cert tls.Certificate, cfg cluster.Config, opts ...tether.Option) *member {
+	t.Helper()
 	m := &member{gate: new(cluster.Gate), tls: rpc.TLSConfig(cert)}
-	m.n = ttnode.Start(t, append([]tether.Option{tether.WithTLS(m.tls), tether.WithAdmission(m.gate.Admit)}, opts...)...)
+	n, err := tether.Listen(addr, append([]tether.Option{tether.WithTLS(m.tls), tether.WithAdmission(m.gate.Admit)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	m.n = n
 	m.n.Handle("echo", rpc.Func(ttnode.Echo))
 	cfg.BindAddr, cfg.Secret, cfg.Gate = "127.0.0.1:0", secret, m.gate
 	if cfg.Memberlist == nil {

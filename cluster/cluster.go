@@ -36,8 +36,11 @@ type Cluster struct {
 	kept    map[peer.ID]*peer.Kept // the members this node dials
 	changed chan struct{}          // closed, and replaced, at every change
 	closed  bool
-	wg      sync.WaitGroup // goodbyes under way
+	wg      sync.WaitGroup // goodbyes under way, the rejoining loop
 	unsub   func()         // from the registry's events
+	stop    chan struct{}  // closed by Close: the rejoining loop ends
+
+	gossipSelf string // this node's gossip address
 }
 
 // member is one other member, as the gossip tells it.
@@ -78,6 +81,7 @@ func Join(ctx context.Context, n *tether.Node, cfg Config) (*Cluster, error) {
 		members: make(map[peer.ID]*member),
 		kept:    make(map[peer.ID]*peer.Kept),
 		changed: make(chan struct{}),
+		stop:    make(chan struct{}),
 	}
 	advertise, err := c.advertise(cfg.Advertise, mc)
 	if err != nil {
@@ -98,6 +102,7 @@ func Join(ctx context.Context, n *tether.Node, cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster: starting the gossip: %w", err)
 	}
 	c.ml = ml
+	c.gossipSelf = c.GossipAddr()
 	if len(cfg.Seeds) > 0 {
 		joined := make(chan error, 1)
 		go func() {
@@ -113,6 +118,10 @@ func Join(ctx context.Context, n *tether.Node, cfg Config) (*Cluster, error) {
 			c.Close()
 			return nil, fmt.Errorf("cluster: joining through %v: %w", cfg.Seeds, err)
 		}
+	}
+	if len(cfg.Seeds) > 0 {
+		c.wg.Add(1)
+		go c.rejoin(cfg.Seeds, 10*mc.ProbeInterval)
 	}
 	c.log.Info("joined the cluster", zap.String("gossip", c.GossipAddr()),
 		zap.String("addr", advertise), zap.Int("members", ml.NumMembers()))
@@ -228,6 +237,7 @@ func (c *Cluster) Close() error {
 	kept := c.kept
 	c.kept = map[peer.ID]*peer.Kept{}
 	c.mu.Unlock()
+	close(c.stop)
 	c.unsub()
 	c.detach()
 	for _, k := range kept {
@@ -277,4 +287,44 @@ func (c *Cluster) notify() {
 // String names the cluster by the node's ID and gossip address.
 func (c *Cluster) String() string {
 	return fmt.Sprintf("cluster.Cluster(%s at %s)", c.self, c.GossipAddr())
+}
+
+// rejoin joins through the seeds again, every period, while any of them is
+// not a member as this node sees it. The gossip heals no partition by
+// itself: each side declares the other dead and stops probing it. A
+// member cut off and back (its host silenced, a rack cut) would stay apart
+// without this, and so would the two sides of a split.
+func (c *Cluster) rejoin(seeds []string, period time.Duration) {
+	defer c.wg.Done()
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		if missing := c.missingSeeds(seeds); len(missing) > 0 {
+			if n, err := c.ml.Join(missing); n > 0 {
+				c.log.Debug("rejoined through seeds", zap.Strings("seeds", missing), zap.Int("reached", n), zap.Error(err))
+			}
+		}
+	}
+}
+
+// missingSeeds returns the seeds that are no member's gossip address.
+func (c *Cluster) missingSeeds(seeds []string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	known := make(map[string]bool, len(c.members))
+	for _, m := range c.members {
+		known[m.gossip] = true
+	}
+	var out []string
+	for _, s := range seeds {
+		if !known[s] && s != c.gossipSelf {
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"sync"
@@ -348,4 +349,43 @@ func TestDialConnConcurrent(t *testing.T) {
 	if st := a.Peers().Stats(); st.Connects != 1 {
 		t.Fatalf("%d connections made for %d concurrent DialConns, want 1", st.Connects, n)
 	}
+}
+
+// An HTTP server and client over tether: the server takes the node's
+// Listener in place of a TCP listener, the client's Transport dials with
+// DialConn. A silent server is then noticed in about a second, and every
+// request to it fails at once with rpc.ErrDeadReference.
+func ExampleNode_Listener() {
+	server, err := tether.Listen("127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer server.Close()
+	client, err := tether.Listen("127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Context().Value(http.LocalAddrContextKey).(tether.Addr).ID // this node
+		fmt.Fprintf(w, "hello over tether from %v", id == server.ID())
+	})}
+	go srv.Serve(server.Listener("http"))
+	defer srv.Close()
+
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return client.DialConn(ctx, addr, "http")
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://" + server.Addr().String() + "/")
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Println(string(body))
+	// Output: hello over tether from true
 }

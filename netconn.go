@@ -53,12 +53,14 @@ func (a Addr) String() string {
 // from the first for new streams.
 //
 // An accepted conn holds a goroutine (the stream handler's) until it is
-// closed; an idle conn costs no other.
+// closed; an idle conn costs no other. Each conn counts against the
+// peer's limit of calls and streams running here at once
+// (rpc.Config.MaxConcurrentCalls, 1024 by default): past it, DialConn is
+// refused with an error matching rpc.ErrTooManyCalls.
 func (n *Node) Listener(service string) net.Listener {
 	l := &listener{
 		n:       n,
 		service: service,
-		addr:    Addr{ID: n.ID(), Net: n.Addr()},
 		conns:   make(chan *streamConn),
 		done:    make(chan struct{}),
 	}
@@ -73,7 +75,6 @@ var ErrServiceClosed = errors.New("tether: service closed")
 type listener struct {
 	n       *Node
 	service string
-	addr    Addr
 	conns   chan *streamConn
 	done    chan struct{}
 	once    sync.Once
@@ -104,7 +105,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	case c := <-l.conns:
 		return c, nil
 	case <-l.done:
-		return nil, &net.OpError{Op: "accept", Net: "tether", Addr: l.addr, Err: net.ErrClosed}
+		return nil, &net.OpError{Op: "accept", Net: "tether", Addr: l.Addr(), Err: net.ErrClosed}
 	}
 }
 
@@ -119,8 +120,9 @@ func (l *listener) Close() error {
 	return nil
 }
 
-// Addr is the node's ID and listening address.
-func (l *listener) Addr() net.Addr { return l.addr }
+// Addr is the node's ID and the address it serves (Node.Addr: nil before
+// a node made by New serves).
+func (l *listener) Addr() net.Addr { return Addr{ID: l.n.ID(), Net: l.n.Addr()} }
 
 // DialConn returns a net.Conn to service (served by the peer's Listener)
 // on the peer at addr ("host:port" or "ID@host:port", as Dial takes). It

@@ -48,7 +48,8 @@ type windows struct {
 	limited atomic.Uint64 // doublings the budgets refused
 
 	mu        sync.Mutex
-	streams   map[uint32]*streamWindow
+	ctrl      streamWindow             // the control stream's, kept inline: an idle connection has no other
+	streams   map[uint32]*streamWindow // the others'; nil until there is one
 	connLimit int64 // bytes of windows this connection may hold
 	connUsed  int64
 }
@@ -92,7 +93,6 @@ func newWindows(cfg *Config, send func([]byte) error) *windows {
 		send:      send,
 		maxWin:    cfg.MaxStreamWindow,
 		node:      cfg.WindowBudget,
-		streams:   make(map[uint32]*streamWindow),
 		connLimit: int64(cfg.MaxConnWindow),
 	}
 }
@@ -122,15 +122,13 @@ func (ws *windows) noteRTT(ns int64) {
 func (ws *windows) outbound(id uint32, flags uint16, delta uint32) (uint32, bool) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	sw := ws.streams[id]
+	sw := ws.lookupLocked(id)
 	if sw == nil {
 		if flags&(yamuxFlagSYN|yamuxFlagACK) == 0 {
 			// A stream no longer followed (closed here): grant nothing more.
 			return 0, flags != 0
 		}
-		sw = &streamWindow{win: initialWindow, granted: initialWindow, epochAt: nanotime()}
-		ws.reserveLocked(sw, initialWindow, true)
-		ws.streams[id] = sw
+		sw = ws.addLocked(id)
 	}
 	if flags&yamuxFlagRST != 0 {
 		ws.forgetLocked(id, sw)
@@ -148,7 +146,7 @@ func (ws *windows) read(id uint32, n int) error {
 		return nil
 	}
 	ws.mu.Lock()
-	sw := ws.streams[id]
+	sw := ws.lookupLocked(id)
 	if sw == nil {
 		ws.mu.Unlock()
 		return nil
@@ -253,14 +251,43 @@ func (ws *windows) releaseLocked(sw *streamWindow, n int64) {
 func (ws *windows) forget(id uint32) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	if sw := ws.streams[id]; sw != nil {
+	if sw := ws.lookupLocked(id); sw != nil {
 		ws.forgetLocked(id, sw)
 	}
 }
 
 func (ws *windows) forgetLocked(id uint32, sw *streamWindow) {
 	ws.releaseLocked(sw, sw.reserved)
-	delete(ws.streams, id)
+	if sw == &ws.ctrl {
+		ws.ctrl = streamWindow{}
+	} else {
+		delete(ws.streams, id)
+	}
+}
+
+func (ws *windows) lookupLocked(id uint32) *streamWindow {
+	if id == yamuxCtrlStream {
+		if ws.ctrl.win == 0 {
+			return nil
+		}
+		return &ws.ctrl
+	}
+	return ws.streams[id]
+}
+
+// addLocked starts following stream id at the protocol's initial window.
+func (ws *windows) addLocked(id uint32) *streamWindow {
+	sw := &ws.ctrl
+	if id != yamuxCtrlStream {
+		if ws.streams == nil {
+			ws.streams = make(map[uint32]*streamWindow)
+		}
+		sw = new(streamWindow)
+		ws.streams[id] = sw
+	}
+	*sw = streamWindow{win: initialWindow, granted: initialWindow, epochAt: nanotime()}
+	ws.reserveLocked(sw, initialWindow, true)
+	return sw
 }
 
 // close gives every stream's reservation back: the connection is gone.
@@ -270,13 +297,20 @@ func (ws *windows) close() {
 	for id, sw := range ws.streams {
 		ws.forgetLocked(id, sw)
 	}
+	if ws.ctrl.win != 0 {
+		ws.forgetLocked(yamuxCtrlStream, &ws.ctrl)
+	}
 }
 
 // usage reports the bytes of window held and the streams followed.
 func (ws *windows) usage() (bytes int64, streams int) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	return ws.connUsed, len(ws.streams)
+	n := len(ws.streams)
+	if ws.ctrl.win != 0 {
+		n++
+	}
+	return ws.connUsed, n
 }
 
 // WindowBudget bounds the receive windows of every connection that shares

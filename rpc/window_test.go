@@ -81,7 +81,7 @@ func (y *yamuxModel) read(t *testing.T, ws *windows, id uint32, n uint64) {
 func credit(ws *windows, id uint32) uint64 {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	sw := ws.streams[id]
+	sw := ws.lookupLocked(id)
 	return sw.granted - sw.consumed
 }
 
@@ -92,7 +92,7 @@ func checkWindow(t *testing.T, ws *windows, id uint32) *streamWindow {
 	t.Helper()
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	sw := ws.streams[id]
+	sw := ws.lookupLocked(id)
 	if out := sw.granted - sw.consumed; out > uint64(sw.win) || int64(out) > sw.reserved || int64(sw.win) > sw.reserved {
 		t.Fatalf("stream %d: %d bytes out, window %d, reserved %d", id, out, sw.win, sw.reserved)
 	}
@@ -196,6 +196,14 @@ func TestWindowUpdatesForClosedStreamsGrantNothing(t *testing.T) {
 	}
 	if d, send := ws.outbound(3, yamuxFlagFIN, 1<<20); !send || d != 0 {
 		t.Fatalf("FIN for a forgotten stream: delta %d, sent %v; want 0, true", d, send)
+	}
+	yamuxOpens(t, ws, yamuxCtrlStream) // kept inline, not in the map
+	if b, n := ws.usage(); b != initialWindow || n != 1 || ws.streams == nil {
+		t.Fatalf("after the control stream opened: %d bytes for %d streams", b, n)
+	}
+	ws.forget(yamuxCtrlStream)
+	if d, send := ws.outbound(yamuxCtrlStream, 0, 1<<20); send || d != 0 {
+		t.Fatalf("update for the forgotten control stream: delta %d, sent %v", d, send)
 	}
 	yamuxOpens(t, ws, 5)
 	if d, send := ws.outbound(5, yamuxFlagRST, 0); !send || d != 0 {

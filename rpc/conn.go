@@ -34,15 +34,18 @@ type Conn struct {
 	ctrl *yamux.Stream
 	base context.Context // parent of handler contexts; carries the Conn
 
-	mu           sync.Mutex
-	pending      map[uint64]*call    // our calls awaiting an answer
-	serving      map[uint64]*callCtx // the peer's calls and streams running here
-	probes       map[uint64]probe    // our pings awaiting a pong
-	nextID       uint64              // last call or stream ID issued
-	refused      int                 // calls refused over the limit since refusedSince
-	refusedSince int64               // nanotime
-	probeID      uint64              // last ping nonce issued
-	dead         *DeadError
+	mu      sync.Mutex
+	pending map[uint64]*call // our calls awaiting an answer
+	// streamsWaiting counts the streams opened here that wrote since they
+	// last read: requests awaiting an answer (see Outstanding).
+	streamsWaiting atomic.Int32
+	serving        map[uint64]*callCtx // the peer's calls and streams running here
+	probes         map[uint64]probe    // our pings awaiting a pong
+	nextID         uint64              // last call or stream ID issued
+	refused        int                 // calls refused over the limit since refusedSince
+	refusedSince   int64               // nanotime
+	probeID        uint64              // last ping nonce issued
+	dead           *DeadError
 
 	closed     atomic.Bool
 	leaving    atomic.Pointer[error] // Leave is saying goodbye: the end that follows is ours
@@ -197,11 +200,14 @@ func (c *Conn) LastReceived() time.Time { return monoTime(c.wire.lastRecv.Load()
 // LastSent is when bytes were last written to the transport.
 func (c *Conn) LastSent() time.Time { return monoTime(c.wire.lastSend.Load()) }
 
-// Outstanding is the number of our calls awaiting an answer.
+// Outstanding is the number of our calls awaiting an answer, plus the
+// streams opened here that wrote since they last read (a request sent over
+// a stream, by gRPC or HTTP over tether, awaits its answer as a call does).
+// Liveness checks a peer with anything outstanding at full rate.
 func (c *Conn) Outstanding() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.pending)
+	return len(c.pending) + int(c.streamsWaiting.Load())
 }
 
 // Stats returns the connection's counters.

@@ -73,12 +73,20 @@ type entry struct {
 func NewMux() *Mux { return new(Mux) }
 
 // Handle registers h for calls to method, replacing any handler before it.
-func (m *Mux) Handle(method string, h Handler) { m.set(method, entry{call: h}) }
+// A nil h removes the method's call handler: calls to it are then answered
+// with CodeUnknownMethod.
+func (m *Mux) Handle(method string, h Handler) {
+	m.set(method, func(e *entry) { e.call = h })
+}
 
-// HandleStream registers h for streams opened on method.
-func (m *Mux) HandleStream(method string, h StreamHandler) { m.set(method, entry{stream: h}) }
+// HandleStream registers h for streams opened on method, replacing any
+// before it. A nil h removes it: streams opened on the method are then
+// refused with CodeUnknownMethod.
+func (m *Mux) HandleStream(method string, h StreamHandler) {
+	m.set(method, func(e *entry) { e.stream = h })
+}
 
-func (m *Mux) set(method string, e entry) {
+func (m *Mux) set(method string, change func(*entry)) {
 	if method == "" || len(method) > maxMethodLen {
 		panic("rpc: method name must be 1 to 255 bytes: " + method)
 	}
@@ -91,14 +99,13 @@ func (m *Mux) set(method string, e entry) {
 			next[k] = v
 		}
 	}
-	prev := next[method]
-	if e.call == nil {
-		e.call = prev.call
+	e := next[method]
+	change(&e)
+	if e.call == nil && e.stream == nil {
+		delete(next, method)
+	} else {
+		next[method] = e
 	}
-	if e.stream == nil {
-		e.stream = prev.stream
-	}
-	next[method] = e
 	m.methods.Store(&next)
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -31,6 +32,24 @@ type Stream struct {
 	sawEOF  bool // the peer closed its side
 	closed  bool
 	stopped bool // interrupted: ctx ended
+
+	// waiting: opened here, it wrote since it last read (see
+	// Conn.Outstanding).
+	waiting atomic.Bool
+}
+
+// wrote notes a write on a stream opened here: it now awaits an answer.
+func (s *Stream) wrote() {
+	if s.client && !s.waiting.Load() && s.waiting.CompareAndSwap(false, true) {
+		s.c.streamsWaiting.Add(1)
+	}
+}
+
+// answered notes that the stream read something, or ended.
+func (s *Stream) answered() {
+	if s.waiting.Load() && s.waiting.CompareAndSwap(true, false) {
+		s.c.streamsWaiting.Add(-1)
+	}
 }
 
 // OpenStream opens a stream to the peer's stream handler for method and
@@ -261,6 +280,7 @@ func (s *Stream) interrupt() {
 	tell := s.client && !s.sawEOF && !s.closed
 	s.mu.Unlock()
 	s.ys.SetDeadline(time.Unix(1, 0))
+	s.answered()
 	if tell {
 		s.c.stats.cancelsSent.Add(1)
 		s.c.enqueue(outFrame{kind: kindCancel, id: s.id}, true)
@@ -272,7 +292,12 @@ func (s *Stream) interrupt() {
 // side and everything before has been read.
 func (s *Stream) Read(p []byte) (int, error) {
 	n, err := s.ys.Read(p)
-	s.c.wire.win.read(s.ys.StreamID(), n)
+	if n > 0 {
+		s.c.wire.win.read(s.ys.StreamID(), n)
+	}
+	if n > 0 || err != nil {
+		s.answered()
+	}
 	if err == io.EOF {
 		s.mu.Lock()
 		s.sawEOF = true
@@ -297,6 +322,9 @@ func (s *Stream) Write(p []byte) (int, error) {
 	for n < len(p) {
 		k, err := s.ys.Write(p[n:min(len(p), n+maxStreamFrame)])
 		n += k
+		if k > 0 {
+			s.wrote()
+		}
 		if err != nil {
 			return n, s.mapErr(err)
 		}
@@ -329,6 +357,7 @@ func (s *Stream) Close() error {
 		s.c.enqueue(outFrame{kind: kindCancel, id: s.id}, true)
 	}
 	s.c.wire.win.forget(s.ys.StreamID())
+	s.answered()
 	return s.mapErr(s.ys.Close())
 }
 

@@ -182,3 +182,67 @@ func TestStreamDiesWithConn(t *testing.T) {
 	}
 	within(t, 5*time.Second, cancelled, "handler")
 }
+
+func TestStreamAwaitingAnAnswerCountsAsOutstanding(t *testing.T) {
+	answer := make(chan struct{})
+	m := NewMux()
+	m.HandleStream("ask", StreamFunc(func(ctx context.Context, s *Stream) error {
+		var b [1]byte
+		if _, err := io.ReadFull(s, b[:]); err != nil {
+			return err
+		}
+		<-answer
+		_, err := s.Write(b[:])
+		return err
+	}))
+	c, srv := pair(t, "tcp", nil, &Config{Mux: m})
+	s, err := c.OpenStream(context.Background(), "ask")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := c.Outstanding(); n != 0 {
+		t.Fatalf("%d outstanding before anything was asked", n)
+	}
+	if _, err := s.Write([]byte{7}); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Outstanding(); n != 1 {
+		t.Fatalf("%d outstanding with a request written on a stream, want 1", n)
+	}
+	if n := srv.Outstanding(); n != 0 {
+		t.Fatalf("the serving side counts %d outstanding: its streams answer, they do not ask", n)
+	}
+	close(answer)
+	var b [1]byte
+	if _, err := io.ReadFull(s, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Outstanding(); n != 0 {
+		t.Fatalf("%d outstanding after the answer was read", n)
+	}
+	s.Write([]byte{8})
+	s.Close()
+	if n := c.Outstanding(); n != 0 {
+		t.Fatalf("%d outstanding after the stream closed", n)
+	}
+}
+
+func TestStreamHandlerRemoved(t *testing.T) {
+	m := NewMux()
+	m.HandleStream("svc", StreamFunc(func(ctx context.Context, s *Stream) error { return nil }))
+	m.Handle("svc", Func(func(ctx context.Context, req []byte) ([]byte, error) { return req, nil }))
+	c, _ := pair(t, "tcp", nil, &Config{Mux: m})
+	m.HandleStream("svc", nil)
+	if _, err := c.OpenStream(context.Background(), "svc"); !errors.Is(err, ErrUnknownMethod) {
+		t.Fatalf("stream to a removed handler: %v, want ErrUnknownMethod", err)
+	}
+	var out []byte
+	if err := c.Call(context.Background(), "svc", []byte("x"), &out); err != nil {
+		t.Fatalf("the call handler went with the stream handler: %v", err)
+	}
+	m.Handle("svc", nil)
+	if err := c.Call(context.Background(), "svc", []byte("x"), &out); !errors.Is(err, ErrUnknownMethod) {
+		t.Fatalf("call to a removed handler: %v, want ErrUnknownMethod", err)
+	}
+}

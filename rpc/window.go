@@ -50,7 +50,7 @@ type windows struct {
 	mu        sync.Mutex
 	ctrl      streamWindow             // the control stream's, kept inline: an idle connection has no other
 	streams   map[uint32]*streamWindow // the others'; nil until there is one
-	connLimit int64 // bytes of windows this connection may hold
+	connLimit int64                    // bytes of windows this connection may hold
 	connUsed  int64
 }
 

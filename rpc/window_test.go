@@ -347,7 +347,7 @@ func TestSlowReaderBoundsTheSender(t *testing.T) {
 		t.Fatalf("%d bytes written to a reader that reads nothing; the window is %d", w, initialWindow)
 	}
 	close(gate)
-	deadline := time.Now().Add(ttest.Scaled(2 * time.Second))
+	deadline := time.Now().Add(2 * time.Second)
 	worst := int64(0)
 	for time.Now().Before(deadline) {
 		worst = max(worst, written.Load()-read.Load())
@@ -427,7 +427,9 @@ func TestStreamsShareALongPathAndCallsPassThem(t *testing.T) {
 	if max(a, b) > 2*min(a, b) && excused == 0 {
 		t.Errorf("unfair: %.1f vs %.1f MiB/s", a/(1<<20), b/(1<<20))
 	}
-	if bound := idle + 50*time.Millisecond + 10*time.Millisecond + excused; busy > bound {
+	// Under the race detector the streams are CPU-bound and the machine's
+	// queues, not the windows, set the latency.
+	if bound := idle + 50*time.Millisecond + 10*time.Millisecond + excused; busy > bound && !ttest.Race {
 		t.Errorf("calls beside bulk streams: p99 %v, over the idle %v plus a round trip plus 10ms", busy, idle)
 	}
 }

@@ -389,7 +389,11 @@ func TestMassSilence(t *testing.T) {
 		n = v
 	}
 	log, logs, summary := observed()
-	f := newFleetWrapped(t, Config{Logger: log, Liveness: liveness.LAN()}, n, func(c net.Conn) net.Conn {
+	// The in-memory fleet has no kernel evidence: without the idle probe
+	// budget every peer is probed at full rate, as this test wants.
+	lan := liveness.LAN()
+	lan.IdleProbeBudget = 0
+	f := newFleetWrapped(t, Config{Logger: log, Liveness: lan}, n, func(c net.Conn) net.Conn {
 		return &mute{Conn: c, gate: make(chan struct{})}
 	})
 	victims := map[ID]bool{}

@@ -186,8 +186,25 @@ func drainMux() *rpc.Mux {
 // tetherOver connects a pair of rpc.Conns through a link of oneWay delay
 // each way; the server serves mux.
 func tetherOver(tb testing.TB, oneWay time.Duration, mux *rpc.Mux) (client, server *rpc.Conn) {
+	if oneWay == 0 {
+		return tetherOverLink(tb, partition.Link{}, mux)
+	}
+	return tetherOverLink(tb, partition.Link{Delay: oneWay, Queue: int(2 * oneWay.Seconds() * (1 << 30))}, mux)
+}
+
+// tetherOverLink is tetherOver through a link of any shape (none if zero).
+func tetherOverLink(tb testing.TB, l partition.Link, mux *rpc.Mux) (client, server *rpc.Conn) {
 	conns := make(chan net.Conn, 1)
-	addr := linked(tb, sink(tb, func(c net.Conn) { conns <- c }), oneWay)
+	addr := sink(tb, func(c net.Conn) { conns <- c })
+	if l != (partition.Link{}) {
+		p, err := partition.NewProxy(addr)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { p.Close() })
+		p.SetLink(l, l)
+		addr = p.Addr()
+	}
 	cc, err := net.Dial("tcp", addr)
 	if err != nil {
 		tb.Fatal(err)
@@ -215,8 +232,13 @@ func tetherOver(tb testing.TB, oneWay time.Duration, mux *rpc.Mux) (client, serv
 // and beside two bulk streams on the same connection, and the two streams'
 // rates (fairness).
 func BenchmarkLongPathCalls(b *testing.B) {
+	b.Run("unlimited", func(b *testing.B) { benchCallsBesideBulk(b, 0) })
+	b.Run("100MiBps", func(b *testing.B) { benchCallsBesideBulk(b, 100<<20) })
+}
+
+func benchCallsBesideBulk(b *testing.B, rate int64) {
 	for b.Loop() {
-		client, server := tetherOver(b, 25*time.Millisecond, drainMux())
+		client, server := tetherOverLink(b, partition.Link{Delay: 25 * time.Millisecond, Rate: rate}, drainMux())
 		calls := func(n int) []time.Duration {
 			lat := make([]time.Duration, 0, n)
 			for range n {

@@ -91,7 +91,7 @@ type Config struct {
 
 	// MaxStreamWindow bounds the receive window of one stream, in bytes:
 	// the data a peer may send that this side has not read yet. Windows
-	// start at yamux's 256 KiB and tune themselves to the path: one doubles
+	// start at yamux's 256 KiB and tune themselves to the path: one grows
 	// while a window's worth is read within 1.2 round trips (the window is
 	// what limits the stream), and shrinks to what the stream reads in 1.2
 	// round trips when that takes over 1.5 (the reader, the sender or the

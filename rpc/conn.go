@@ -106,7 +106,7 @@ type Stats struct {
 	RemoteMaxCalls int           // the peer's limit on our concurrent calls
 	RemoteMaxSize  int           // the peer's limit on one message
 	RecvWindow     int64         // bytes of receive window the streams hold now (see Config.MaxStreamWindow)
-	WindowGrowths  uint64        // times a stream's window doubled
+	WindowGrowths  uint64        // times a stream's window grew
 	RTT            time.Duration // the path's round trip, near its least (handshake, probes)
 }
 

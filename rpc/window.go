@@ -30,8 +30,10 @@ import (
 // reader has consumed one window, the time that took is compared with the
 // connection's round trip (the handshake's, then probes'). Under 1.2 round
 // trips, the window limits the stream (a window per round trip is all it
-// can carry) and it doubles, up to Config.MaxStreamWindow and only while
-// the connection's and the node's budgets have room. Over 1.5 round trips,
+// can carry) and it grows, up to Config.MaxStreamWindow and only while the
+// connection's and the node's budgets have room: it doubles until it first
+// outgrows the path, then grows by quarters, so that an overshoot queues a
+// quarter of a window at most. Over 1.5 round trips,
 // the window outgrew what the stream moves: the excess waits in a queue
 // somewhere on the path (and every call behind it waits too) or in this
 // side's buffers, so the window shrinks to what the stream consumes in 1.2
@@ -64,6 +66,7 @@ type streamWindow struct {
 
 	epochAt   int64  // nanotime the current window's worth began
 	epochFrom uint64 // consumed when it began
+	steady    bool   // the window once stopped growing: it grows by quarters now
 }
 
 const (
@@ -197,7 +200,11 @@ func (ws *windows) tuneLocked(sw *streamWindow) {
 	}
 	switch {
 	case took*10 < growBelow*rtt && sw.win < ws.maxWin:
-		grow := min(sw.win, ws.maxWin-sw.win)
+		grow := sw.win // doubling, until the window first outgrows the path
+		if sw.steady {
+			grow /= 4 // then in quarters: an overshoot queues a quarter at most
+		}
+		grow = min(grow, ws.maxWin-sw.win)
 		if need := int64(sw.win+grow) - sw.reserved; need > 0 && !ws.reserveLocked(sw, need, false) {
 			ws.limited.Add(1)
 			return
@@ -210,7 +217,10 @@ func (ws *windows) tuneLocked(sw *streamWindow) {
 		// targetRTT, halving at most.
 		target := uint64(sw.win) * uint64(targetRTT) * uint64(rtt) / (10 * uint64(took))
 		sw.win = uint32(max(target, uint64(sw.win/2), initialWindow))
+		sw.steady = true
 		ws.settleLocked(sw)
+	default:
+		sw.steady = true
 	}
 }
 

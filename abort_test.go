@@ -15,11 +15,12 @@ import (
 	"github.com/tetherrpc/tether/rpc"
 )
 
-// Abort imitates a crash: the peer evicts the node for a reset, not for a
-// goodbye, and logs it at Warn; calls outstanding on both sides fail; and
-// nothing of the aborted node is left running.
+// Abort imitates a crash: the peer evicts the node for a reset (over TCP;
+// on the in-memory network a close), not for a goodbye, and logs it at
+// Warn; calls outstanding on both sides fail; and nothing of the aborted
+// node is left running.
 func TestAbortLooksLikeACrash(t *testing.T) {
-	for _, tr := range []string{"tcp", "tls"} {
+	for _, tr := range []string{"mem", "tcp", "tls"} {
 		t.Run(tr, func(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			var aOpts, bOpts []tether.Option
@@ -32,17 +33,20 @@ func TestAbortLooksLikeACrash(t *testing.T) {
 				aOpts = append(aOpts, tether.WithTLS(rpc.TLSConfig(ca)))
 				bOpts = append(bOpts, tether.WithTLS(rpc.TLSConfig(cb)))
 			}
+			start := func(opts ...tether.Option) *tether.Node {
+				if tr == "mem" {
+					return node(t, opts...)
+				}
+				n, err := tether.Listen("127.0.0.1:0", opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { n.Close() })
+				return n
+			}
 			zl, logs := observed()
-			a, err := tether.Listen("127.0.0.1:0", aOpts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
-			b, err := tether.Listen("127.0.0.1:0", append(bOpts, tether.WithLogger(zl))...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
+			a := start(aOpts...)
+			b := start(append(bOpts, tether.WithLogger(zl))...)
 			held := make(chan struct{}, 2)
 			hold := rpc.Func(func(ctx context.Context, _ []byte) ([]byte, error) {
 				held <- struct{}{}
@@ -75,10 +79,11 @@ func TestAbortLooksLikeACrash(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("the peer did not evict the aborted node")
 			}
-			if !errors.Is(ev.Cause, syscall.ECONNRESET) || errors.Is(ev.Cause, rpc.ErrPeerLeft) {
+			reset := tr != "mem" // no resets in memory: a closed conn
+			if errors.Is(ev.Cause, rpc.ErrPeerLeft) || reset && !errors.Is(ev.Cause, syscall.ECONNRESET) {
 				t.Fatalf("the peer evicted the aborted node for %v; want a connection reset, not a goodbye", ev.Cause)
 			}
-			if err := <-callB; !errors.Is(err, rpc.ErrDeadReference) || !errors.Is(err, syscall.ECONNRESET) {
+			if err := <-callB; !errors.Is(err, rpc.ErrDeadReference) || reset && !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("the peer's call to the aborted node: %v", err)
 			}
 			if err := <-callA; !errors.Is(err, rpc.ErrDeadReference) || !errors.Is(err, tether.ErrAborted) {

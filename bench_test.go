@@ -7,21 +7,24 @@ import (
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/rpc"
 )
+
+// The benchmarks run on loopback TCP, as BENCHMARKS.md's figures do.
 
 // BenchmarkEvict10000 measures the time from an eviction to the return of
 // the last of 10,000 outstanding calls (the promised floor: 50 ms).
 func BenchmarkEvict10000(b *testing.B) {
 	const n = 10_000
-	a := node(b)
-	s := node(b, tether.WithRPCConfig(rpc.Config{MaxConcurrentCalls: 2 * n}))
+	a := ttnode.Start(b)
+	s := ttnode.Start(b, tether.WithRPCConfig(rpc.Config{MaxConcurrentCalls: 2 * n}))
 	running, _ := hold(s)
 	var worst time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		running.Store(0)
-		p := dial(b, a, s)
+		p := ttnode.Dial(b, a, s)
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		var last time.Time
@@ -52,8 +55,8 @@ func BenchmarkEvict10000(b *testing.B) {
 
 // BenchmarkCallOnEvicted is a call on an evicted reference: no I/O.
 func BenchmarkCallOnEvicted(b *testing.B) {
-	a, s := node(b), node(b)
-	p := dial(b, a, s)
+	a, s := ttnode.Start(b), ttnode.Start(b)
+	p := ttnode.Dial(b, a, s)
 	a.Peers().Evict(p.ID(), nil)
 	<-p.Done()
 	ctx := context.Background()

@@ -25,10 +25,7 @@ func TestCloseAfterCancelledCallsSaysGoodbye(t *testing.T) {
 	reply := bytes.Repeat([]byte("x"), 64<<10)
 	for i := range 10 {
 		zl, logs := observed()
-		a, err := tether.Listen("127.0.0.1:0", tether.WithTLS(rpc.TLSConfig(ca)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		a := node(t, tether.WithTLS(rpc.TLSConfig(ca)))
 		b := node(t, tether.WithTLS(rpc.TLSConfig(cb)), tether.WithLogger(zl))
 		release := make(chan struct{})
 		b.Handle("big", rpc.Func(func(ctx context.Context, _ []byte) ([]byte, error) {

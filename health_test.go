@@ -201,11 +201,7 @@ func TestMaxCallsRestart(t *testing.T) {
 	zl, logs := observed()
 	act := tether.Actions{MaxCalls: 5}
 	tetheropts.SetExit(&act.Internal, func(c int) { codes <- c })
-	b, err := tether.Listen("127.0.0.1:0", tether.WithLogger(zl), tether.WithIncidentDir(dir), tether.WithActions(act))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := node(t, tether.WithLogger(zl), tether.WithIncidentDir(dir), tether.WithActions(act))
 	b.Handle("echo", rpc.Func(echo))
 	a := node(t)
 	p := dial(t, a, b)

@@ -3,7 +3,6 @@ package tether_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -67,7 +66,7 @@ func TestDrainingRefusalMatchesErrDraining(t *testing.T) {
 func TestKeepClosedPortAndMalformedAddress(t *testing.T) {
 	zl, logs := observed()
 	a := node(t, tether.WithLogger(zl))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := mem.Host("closed").Listen(":0")
 	if err != nil {
 		t.Fatal(err)
 	}

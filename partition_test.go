@@ -30,8 +30,8 @@ func TestSilentPartitionKernel(t *testing.T) {
 		return
 	}
 	zl, logs := observed()
-	a := node(t, tether.WithLogger(zl)) // default heartbeat: 250 ms
-	b := node(t, tether.WithRPCConfig(rpc.Config{MaxConcurrentCalls: 5000}))
+	a := ttnode.Start(t, tether.WithLogger(zl)) // default heartbeat: 250 ms
+	b := ttnode.Start(t, tether.WithRPCConfig(rpc.Config{MaxConcurrentCalls: 5000}))
 	running, cancelled := hold(b)
 	ev := ttnode.Subscribe(t, a.Peers())
 	evb := ttnode.Subscribe(t, b.Peers())
@@ -131,10 +131,10 @@ func TestSilentPartitionDetectionTimes(t *testing.T) {
 		{"probes every 250ms", probed(250 * time.Millisecond), time.Second},
 		{"probes every 100ms", probed(100 * time.Millisecond), time.Second},
 	} {
-		a := node(t, tether.WithLiveness(mode.cfg))
+		a := ttnode.Start(t, tether.WithLiveness(mode.cfg))
 		var times []time.Duration
 		for i := range trials {
-			b := node(t)
+			b := ttnode.Start(t)
 			b.Handle("ping", rpc.Func(echo))
 			ev := ttnode.Subscribe(t, a.Peers())
 			p := dial(t, a, b)
@@ -169,11 +169,11 @@ func TestFirstKWithSilentPeer(t *testing.T) {
 	if !partition.Isolated(t) {
 		return
 	}
-	client := node(t)
+	client := ttnode.Start(t)
 	var nodes []*tether.Node
 	var refs []*peer.Peer
 	for i := range 5 {
-		s := node(t)
+		s := ttnode.Start(t)
 		s.Handle("get", rpc.Func(func(ctx context.Context, key []byte) ([]byte, error) {
 			return []byte(fmt.Sprintf("share %d of %s", i, key)), nil
 		}))

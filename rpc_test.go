@@ -30,12 +30,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // The helpers the tests of this package share, as the system tests have
-// them (ttnode).
-
-func node(t testing.TB, opts ...tether.Option) *tether.Node {
-	t.Helper()
-	return ttnode.Start(t, opts...)
-}
+// them (ttnode); node and nodeAt are in mem_test.go.
 
 func dial(t testing.TB, from, to *tether.Node) *peer.Peer {
 	t.Helper()
@@ -239,11 +234,7 @@ func TestGoodbyeAndReconnect(t *testing.T) {
 	}
 
 	// b comes back on the same address, as a new process would (new ID).
-	b2, err := tether.Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b2.Close()
+	b2 := nodeAt(t, addr)
 	c := ev.Next(t, peer.Connected, 15*time.Second)
 	if !c.Reconnect || c.ID != b2.ID() {
 		t.Fatalf("reconnect event %+v", c)
@@ -264,10 +255,7 @@ func waitFor(t testing.TB, cond func() bool, what string) {
 func TestIncidentStorm(t *testing.T) {
 	dir := t.TempDir()
 	zl, logs := observed()
-	a, err := tether.Listen("127.0.0.1:0", tether.WithLogger(zl), tether.WithIncidentDir(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := node(t, tether.WithLogger(zl), tether.WithIncidentDir(dir))
 	b := node(t)
 	running, _ := hold(b)
 	p := dial(t, a, b)

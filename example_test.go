@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -44,4 +45,36 @@ func Example() {
 	// share of k1
 	// disconnected peer left: "connection closed"
 	// true
+}
+
+// A node over any listener and dialer: here two hosts of an in-memory
+// network (package partition), as in tests; a Unix socket, a listener
+// handed over by systemd or a TLS listener serve the same way.
+func ExampleNew() {
+	ctx := context.Background()
+	network := partition.NewNetwork()
+	defer network.Close()
+
+	ln, _ := network.Host("server").Listen(":7000")
+	server, _ := tether.New()
+	defer server.Close()
+	server.Handle("echo", rpc.Func(func(_ context.Context, req []byte) ([]byte, error) { return req, nil }))
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ln) }() // until server.Close
+
+	client, _ := tether.New(tether.WithDialer(network.Host("client").Dial))
+	defer client.Close()
+	p, err := client.Dial(ctx, "server:7000")
+	if err != nil {
+		panic(err)
+	}
+	var reply []byte
+	p.Call(ctx, "echo", []byte("over memory"), &reply)
+	fmt.Println(string(reply))
+
+	server.Close()
+	fmt.Println(<-served)
+	// Output:
+	// over memory
+	// <nil>
 }

@@ -57,8 +57,8 @@ type Member struct {
 	Addr   string // the tether address it advertises
 	Gossip string // its gossip address
 	// Kept says this node keeps it connected: it dials it, and redials it
-	// after a loss. Of each pair of members kept connected, the one with
-	// the smaller ID keeps the other (see the package doc).
+	// after a loss. Both members of a pair keep each other, or neither
+	// does (see the package doc, "How many connections").
 	Kept bool
 }
 

@@ -86,12 +86,14 @@
 // same for as long as the pair lives: a member joining or leaving changes
 // few pairs (those near the bound). Such a random graph of degree 64 is
 // connected with overwhelming probability; a 1,000-member cluster costs
-// each node about 64 connections, not 999. Of each connected pair, the
-// member with the smaller ID dials and keeps the connection; the other
-// accepts it. When the cluster grows past the bound, the connections of
-// pairs no longer chosen are closed with a goodbye (ErrUnpaired); their
-// members still admit each other's calls. A negative MaxKept connects
-// every pair, however many.
+// each node about 64 connections, not 999. Both members of a connected
+// pair keep it (each redials after a loss, and counts the other among its
+// kept addresses, which readiness reads); when both dial at once, the
+// registry keeps the connection the smaller ID dialed and retires the
+// other with a goodbye. When the cluster grows past the bound, the
+// connections of pairs no longer chosen are closed with a goodbye
+// (ErrUnpaired); their members still admit each other's calls. A negative
+// MaxKept connects every pair, however many.
 //
 // # Logs
 //

@@ -3,7 +3,9 @@ package cluster_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,4 +190,12 @@ func dialsCount(m *member) int {
 func waitSettled(t *testing.T, cond func() bool) {
 	t.Helper()
 	ttest.WaitFor(t, 15*time.Second, cond, "the cluster to settle")
+}
+
+// retired reports whether ev ends one of two connections that a pair
+// dialed at once, the one the registry retired (on the side that retired
+// it, ErrReplaced; on the other, the goodbye that says so).
+func retired(ev peer.Event) bool {
+	return errors.Is(ev.Cause, peer.ErrReplaced) ||
+		errors.Is(ev.Cause, rpc.ErrPeerLeft) && strings.Contains(ev.Cause.Error(), peer.ErrReplaced.Error())
 }

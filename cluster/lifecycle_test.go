@@ -100,7 +100,7 @@ func TestClusterLeave(t *testing.T) {
 	causes := make(chan error, 16)
 	for _, m := range rest {
 		m.n.Peers().Subscribe(func(ev peer.Event) {
-			if ev.Kind == peer.Disconnected && ev.ID == x.n.ID() {
+			if ev.Kind == peer.Disconnected && ev.ID == x.n.ID() && !retired(ev) {
 				causes <- ev.Cause
 			}
 		})

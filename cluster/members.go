@@ -140,10 +140,13 @@ func (c *Cluster) threshold() uint64 {
 	return uint64(float64(c.maxKept) / float64(others) * math.MaxUint64)
 }
 
-// dials reports whether this node keeps m connected: their pair is
-// connected, and this node's ID is the smaller.
+// dials reports whether this node keeps m connected: whether their pair
+// is among those connected. Both members of a pair keep it (so that each
+// redials after a loss, and counts the other among its kept addresses for
+// readiness); when both dial at once, the registry keeps the connection
+// the smaller ID dialed and retires the other with a goodbye.
 func (c *Cluster) dials(m *member, threshold uint64) bool {
-	return c.self < m.id && (threshold == math.MaxUint64 || m.score < threshold)
+	return threshold == math.MaxUint64 || m.score < threshold
 }
 
 // pairScore hashes a pair of IDs, the same whichever side asks.

@@ -1,14 +1,19 @@
 // Command storagenode is a small Tahoe-like share store on tether. Storage
-// nodes hold shares in memory, keep each other connected, and serve health
+// nodes hold shares in memory, form a cluster, and serve health
 // and Prometheus metrics; a client puts a file on them as n shares of
 // which any k rebuild it, and gets it back with a k-of-n read (peer.FirstK)
 // that hedges around slow nodes and routes around dead ones.
 //
 // Three storage nodes, each in its own terminal:
 //
-//	go run ./examples/storagenode -listen 127.0.0.1:7001 -http 127.0.0.1:8001 -peers 127.0.0.1:7002,127.0.0.1:7003
-//	go run ./examples/storagenode -listen 127.0.0.1:7002 -http 127.0.0.1:8002 -peers 127.0.0.1:7001,127.0.0.1:7003
-//	go run ./examples/storagenode -listen 127.0.0.1:7003 -http 127.0.0.1:8003 -peers 127.0.0.1:7001,127.0.0.1:7002
+//	go run ./examples/storagenode -listen 127.0.0.1:7001 -http 127.0.0.1:8001 -gossip 127.0.0.1:7946
+//	go run ./examples/storagenode -listen 127.0.0.1:7002 -http 127.0.0.1:8002 -gossip 127.0.0.1:7947 -seeds 127.0.0.1:7946
+//	go run ./examples/storagenode -listen 127.0.0.1:7003 -http 127.0.0.1:8003 -gossip 127.0.0.1:7948 -seeds 127.0.0.1:7946
+//
+// The first starts a cluster (package cluster: memberlist's gossip), the
+// others join it through the first and learn of each other: every node
+// keeps every other connected, and lets go of one that leaves or dies.
+// With -secret (32 hex digits or more) the gossip is encrypted.
 //
 // Put a file as 3 shares, any 2 of which rebuild it, then get it back:
 //
@@ -27,6 +32,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,6 +66,9 @@ func main() {
 type config struct {
 	listen, http string
 	peers        []string
+	gossip       string
+	seeds        []string
+	secret       []byte
 	heartbeat    time.Duration
 	maxShare     int64
 	verbose      bool
@@ -72,12 +81,15 @@ type config struct {
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
-	var peers string
+	var peers, seeds, secret string
 	fs := flag.NewFlagSet("storagenode", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:7001", "storage node: address to listen on")
 	fs.StringVar(&c.http, "http", "", "storage node: address to serve /healthz, /readyz and /metrics on (none if empty)")
-	fs.StringVar(&peers, "peers", "", "comma-separated storage node addresses: a node keeps them connected; a client uses them")
+	fs.StringVar(&peers, "peers", "", "client: comma-separated storage node addresses")
+	fs.StringVar(&c.gossip, "gossip", "127.0.0.1:7946", "storage node: address to gossip on, with the other storage nodes")
+	fs.StringVar(&seeds, "seeds", "", "storage node: comma-separated gossip addresses of nodes to join through (none: start a cluster)")
+	fs.StringVar(&secret, "secret", "", "storage node: the cluster's key, 32, 48 or 64 hex digits, to encrypt the gossip (none: in the clear)")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 250*time.Millisecond, "probe interval: a peer silent this long is probed, and evicted about as long again after")
 	fs.Int64Var(&c.maxShare, "max-share", 256<<20, "storage node: largest share taken, in bytes")
 	fs.BoolVar(&c.verbose, "v", false, "log at Debug, not Info")
@@ -91,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `storagenode: a small Tahoe-like share store on tether.
 
-Storage node:  storagenode -listen HOST:PORT [-http HOST:PORT] [-peers ADDR,...]
+Storage node:  storagenode -listen HOST:PORT [-http HOST:PORT] -gossip HOST:PORT [-seeds ADDR,...] [-secret HEX]
 Put a file:    storagenode -put KEY -file F -k K [-n N] -peers ADDR,...
 Get it back:   storagenode -get KEY -k K [-file F] -peers ADDR,...
 
@@ -106,10 +118,10 @@ standard error as they happen.
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	for _, p := range strings.Split(peers, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			c.peers = append(c.peers, p)
-		}
+	c.peers, c.seeds = splitList(peers), splitList(seeds)
+	var badSecret error
+	if secret != "" {
+		c.secret, badSecret = hex.DecodeString(secret)
 	}
 	if c.n == 0 {
 		c.n = len(c.peers)
@@ -124,6 +136,8 @@ standard error as they happen.
 		bad = "-put needs -file"
 	case (c.put != "" || c.get != "") && len(c.peers) == 0:
 		bad = "a client needs -peers"
+	case badSecret != nil || secret != "" && len(c.secret) != 16 && len(c.secret) != 24 && len(c.secret) != 32:
+		bad = "-secret: 32, 48 or 64 hex digits"
 	}
 	if bad != "" {
 		fmt.Fprintln(stderr, "storagenode:", bad)
@@ -131,6 +145,17 @@ standard error as they happen.
 		return c, errors.New(bad)
 	}
 	return c, nil
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // run runs a storage node until ctx ends, or a client's put or get.
@@ -153,19 +178,24 @@ func runServer(ctx context.Context, cfg config, nc nodeConfig) error {
 		return err
 	}
 	log := s.node.Logger()
-	kept := s.keep(cfg.peers)
+	c, err := s.join(ctx, cfg.gossip, cfg.seeds, cfg.secret)
+	if err != nil {
+		s.node.Close()
+		return err
+	}
 	var hs *http.Server
 	if cfg.http != "" {
 		ln, err := net.Listen("tcp", cfg.http)
 		if err != nil {
+			c.Close()
 			s.node.Close()
 			return err
 		}
 		hs = &http.Server{Handler: s.node.Health(), ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(ln)
 	}
-	log.Sugar().Infof("storage node %s listening on %s (health and metrics: %q); keeping %d peers connected",
-		s.node.ID(), s.node.Addr(), cfg.http, kept)
+	log.Sugar().Infof("storage node %s listening on %s (health and metrics: %q); gossiping on %s with %d other members",
+		s.node.ID(), s.node.Addr(), cfg.http, c.GossipAddr(), len(c.Members()))
 
 	<-ctx.Done()
 	log.Info("stopping: draining, then saying goodbye to peers")
@@ -176,6 +206,7 @@ func runServer(ctx context.Context, cfg config, nc nodeConfig) error {
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	c.Leave(dctx) // the others let it go at once, not after declaring it dead
 	return s.close(dctx)
 }
 

@@ -50,11 +50,21 @@ func TestPutLeaveGet(t *testing.T) {
 		t.Cleanup(func() { s.node.Close() })
 		servers, watches, addrs = append(servers, s), append(watches, w), append(addrs, s.node.Addr().String())
 	}
-	for _, s := range servers {
-		s.keep(addrs) // as main does with -peers; a node's own address is skipped
+	var seed string
+	for _, s := range servers { // as main does with -gossip and -seeds
+		var seeds []string
+		if seed != "" {
+			seeds = []string{seed}
+		}
+		c, err := s.join(ctx, "127.0.0.1:0", seeds, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		seed = c.GossipAddr()
 	}
 	for _, s := range servers {
-		// Ready: both kept addresses connected. When two nodes dial each
+		// Ready: both members kept and connected. When two nodes dial each
 		// other at once and the connection the other dialed is the one
 		// kept, the registry counts the kept address as reachable only
 		// after the keeper's next attempt (about 100 ms later), and tells

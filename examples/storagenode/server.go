@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"io"
-	"sync"
+	"net"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -12,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/cluster"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -31,9 +34,6 @@ type nodeConfig struct {
 type server struct {
 	node  *tether.Node
 	store *store
-
-	mu    sync.Mutex
-	stops map[string]func() // Keep's stop, by kept address
 }
 
 // startServer starts a storage node listening on cfg.listen.
@@ -54,41 +54,29 @@ func startServer(cfg nodeConfig) (*server, error) {
 	n.Handle(methodList, rpc.Typed(st.list))
 	n.HandleStream(methodUpload, rpc.StreamFunc(st.upload))
 	n.HandleStream(methodDownload, rpc.StreamFunc(st.download))
-	s := &server{node: n, store: st, stops: make(map[string]func())}
+	s := &server{node: n, store: st}
 	watchPeers(n, cfg.onEvent)
-	n.Peers().Subscribe(s.notSelf)
 	return s, nil
 }
 
-// keep keeps the other storage nodes connected, redialling with backoff
-// whenever one is lost, for as long as the node runs. It skips the node's
-// own address, and returns how many it keeps.
-func (s *server) keep(addrs []string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, a := range addrs {
-		if a != s.node.Addr().String() && s.stops[a] == nil {
-			s.stops[a] = s.node.Peers().Keep(a)
-		}
+// join makes the node a member of the storage cluster: it gossips on
+// gossip, joins through seeds (none: it starts the cluster), and keeps the
+// other members connected (package cluster). An empty secret gossips in
+// the clear. Clients are not members: the nodes admit anyone, as before.
+func (s *server) join(ctx context.Context, gossip string, seeds []string, secret []byte) (*cluster.Cluster, error) {
+	cfg := cluster.Config{Seeds: seeds, BindAddr: gossip, Secret: secret, Insecure: len(secret) == 0}
+	if isLoopback(gossip) {
+		cfg.Memberlist = memberlist.DefaultLocalConfig()
 	}
-	return len(s.stops)
+	return cluster.Join(ctx, s.node, cfg)
 }
 
-// notSelf stops keeping an address that turns out to be this node's own
-// under another name (":7001" and "127.0.0.1:7001", say): tether would
-// connect the node to itself, and redial it each time the loop closes.
-func (s *server) notSelf(ev peer.Event) {
-	if ev.Kind != peer.Connected || ev.ID != s.node.ID() || !ev.Peer.Dialed() {
-		return
-	}
-	s.mu.Lock()
-	stop := s.stops[ev.Peer.Addr()]
-	delete(s.stops, ev.Peer.Addr())
-	s.mu.Unlock()
-	if stop != nil {
-		stop()
-		s.node.Logger().Info("not keeping this address: it is this node's own", zap.String("addr", ev.Peer.Addr()))
-	}
+// isLoopback reports whether addr's host is a loopback address, where
+// memberlist's timings for one machine fit.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	ip := net.ParseIP(host)
+	return err == nil && ip != nil && ip.IsLoopback()
 }
 
 // close drains the node: new calls are refused (so clients go elsewhere),

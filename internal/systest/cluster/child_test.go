@@ -3,6 +3,7 @@ package cluster
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -41,7 +42,8 @@ var secret = []byte("twenty hosts on a bridge: 32 B..")
 //
 //	ready ID
 //	C ID UNIXNANO   a reference to ID connected
-//	E ID UNIXNANO   a reference to ID ended (evicted, closed, replaced)
+//	E ID UNIXNANO CLASS  a reference to ID ended (peer.CauseClass, or
+//	                "retired": one of two a pair dialed at once)
 //	J ID UNIXNANO   ID became a member
 //	D ID UNIXNANO   ID is no longer a member (declared dead, or left)
 //	S WARN INFO     on "stats" from stdin: the log lines at Warn and
@@ -89,7 +91,11 @@ func runChild(args string) int {
 		case peer.Connected:
 			say("C %s %d", ev.ID, ev.Time.UnixNano())
 		case peer.Disconnected:
-			say("E %s %d", ev.ID, ev.Time.UnixNano())
+			class := peer.CauseClass(ev.Cause)
+			if errors.Is(ev.Cause, peer.ErrReplaced) || strings.Contains(ev.Cause.Error(), peer.ErrReplaced.Error()) {
+				class = "retired" // one of two connections a pair dialed at once
+			}
+			say("E %s %d %s", ev.ID, ev.Time.UnixNano(), class)
 		}
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

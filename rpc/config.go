@@ -108,8 +108,10 @@ type Config struct {
 	// WindowBudget bounds the receive windows of every connection that
 	// shares it: with 1,000 peers uploading at once, the node's memory for
 	// unread data stays within it. A stream's first 256 KiB is the
-	// protocol's and counts but is never refused; growth past it is. Nil
-	// means DefaultWindowBudget, shared by the whole process.
+	// protocol's and counts but is never refused; growth past it is. The
+	// first 256 KiB of the stream that carries calls is not counted, so
+	// idle connections take none of it. Nil means DefaultWindowBudget,
+	// shared by the whole process.
 	WindowBudget *WindowBudget
 
 	// MaxWriteQueue bounds the bytes queued for the peer and not yet

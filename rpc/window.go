@@ -63,6 +63,7 @@ type streamWindow struct {
 	consumed uint64 // bytes the reader took
 	withheld uint64 // credit yamux granted and the transport has not passed on
 	reserved int64  // counted against the budgets
+	free     int64  // window not counted: the control stream's first (an idle connection takes no budget)
 
 	epochAt   int64  // nanotime the current window's worth began
 	epochFrom uint64 // consumed when it began
@@ -205,7 +206,7 @@ func (ws *windows) tuneLocked(sw *streamWindow) {
 			grow /= 4 // then in quarters: an overshoot queues a quarter at most
 		}
 		grow = min(grow, ws.maxWin-sw.win)
-		if need := int64(sw.win+grow) - sw.reserved; need > 0 && !ws.reserveLocked(sw, need, false) {
+		if need := int64(sw.win+grow) - sw.free - sw.reserved; need > 0 && !ws.reserveLocked(sw, need, false) {
 			ws.limited.Add(1)
 			return
 		}
@@ -227,7 +228,7 @@ func (ws *windows) tuneLocked(sw *streamWindow) {
 // settleLocked gives back the part of a stream's reservation that neither
 // its window nor the credit already out needs.
 func (ws *windows) settleLocked(sw *streamWindow) {
-	need := max(int64(sw.win), int64(sw.granted-sw.consumed))
+	need := max(int64(sw.win), int64(sw.granted-sw.consumed)) - sw.free
 	if extra := sw.reserved - need; extra > 0 {
 		ws.releaseLocked(sw, extra)
 	}
@@ -296,7 +297,13 @@ func (ws *windows) addLocked(id uint32) *streamWindow {
 		ws.streams[id] = sw
 	}
 	*sw = streamWindow{win: initialWindow, granted: initialWindow, epochAt: nanotime()}
-	ws.reserveLocked(sw, initialWindow, true)
+	if id == yamuxCtrlStream {
+		// Every connection has one, idle or not: counting it would let
+		// idle peers fill the budget (1,000 of them the default's).
+		sw.free = initialWindow
+	} else {
+		ws.reserveLocked(sw, initialWindow, true)
+	}
 	return sw
 }
 
@@ -341,7 +348,9 @@ func (b *WindowBudget) Limit() int64 { return b.limit }
 // Used returns the bytes of receive window held now. Every stream's first
 // 256 KiB (the protocol's initial window) counts but is never refused, so
 // Used may pass Limit when more streams are open than the budget has
-// initial windows for; no stream then grows.
+// initial windows for; no stream then grows. A connection's control
+// stream, which carries its calls, counts only what it grows: idle
+// connections hold none of the budget.
 func (b *WindowBudget) Used() int64 { return b.used.Load() }
 
 func (b *WindowBudget) take(n int64, force bool) bool {

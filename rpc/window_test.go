@@ -93,7 +93,7 @@ func checkWindow(t *testing.T, ws *windows, id uint32) *streamWindow {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	sw := ws.lookupLocked(id)
-	if out := sw.granted - sw.consumed; out > uint64(sw.win) || int64(out) > sw.reserved || int64(sw.win) > sw.reserved {
+	if out := sw.granted - sw.consumed; out > uint64(sw.win) || int64(out) > sw.free+sw.reserved || int64(sw.win) > sw.free+sw.reserved {
 		t.Fatalf("stream %d: %d bytes out, window %d, reserved %d", id, out, sw.win, sw.reserved)
 	}
 	return sw
@@ -187,6 +187,28 @@ func TestWindowNeverGrowsPastTheBudgets(t *testing.T) {
 	}
 }
 
+func TestIdleConnectionsTakeNoBudget(t *testing.T) {
+	node := NewWindowBudget(8 << 20)
+	for range 1000 { // idle peers: each has its control stream open
+		ws, _ := testWindows(4<<20, 32<<20, node)
+		ws.noteRTT(int64(time.Hour))
+		yamuxOpens(t, ws, yamuxCtrlStream)
+	}
+	if u := node.Used(); u != 0 {
+		t.Fatalf("1,000 idle connections hold %d bytes of the node's budget", u)
+	}
+	ws, _ := testWindows(4<<20, 32<<20, node)
+	ws.noteRTT(int64(time.Hour))
+	yamuxOpens(t, ws, 3)
+	var y yamuxModel
+	for range 100 {
+		y.read(t, ws, 3, credit(ws, 3))
+	}
+	if sw := checkWindow(t, ws, 3); sw.win != 4<<20 {
+		t.Fatalf("beside 1,000 idle connections a stream's window reached %d, want %d", sw.win, 4<<20)
+	}
+}
+
 func TestWindowUpdatesForClosedStreamsGrantNothing(t *testing.T) {
 	ws, _ := testWindows(4<<20, 32<<20, NewWindowBudget(64<<20))
 	yamuxOpens(t, ws, 3)
@@ -198,7 +220,7 @@ func TestWindowUpdatesForClosedStreamsGrantNothing(t *testing.T) {
 		t.Fatalf("FIN for a forgotten stream: delta %d, sent %v; want 0, true", d, send)
 	}
 	yamuxOpens(t, ws, yamuxCtrlStream) // kept inline, not in the map
-	if b, n := ws.usage(); b != initialWindow || n != 1 || ws.streams == nil {
+	if b, n := ws.usage(); b != 0 || n != 1 || ws.streams == nil {
 		t.Fatalf("after the control stream opened: %d bytes for %d streams", b, n)
 	}
 	ws.forget(yamuxCtrlStream)
@@ -363,7 +385,7 @@ func TestSlowReaderBoundsTheSender(t *testing.T) {
 	<-done
 	ttest.WaitFor(t, 10*time.Second, func() bool {
 		b, n := srv.wire.win.usage()
-		return n == 1 && b == initialWindow // the control stream's
+		return n == 1 && b == 0 // the control stream's, at its first window
 	}, "the server to forget the stream")
 }
 

@@ -26,9 +26,9 @@ import (
 // process each upload one bulk stream to the node through a 50 ms round
 // trip, to readers slower than the link (a disk), so that every stream's
 // window would grow if it could. The node's heap must stay within its
-// window budget plus a bounded cost per connection, and the budget's use
-// within its limit plus the initial window of each stream, which is the
-// protocol's and never refused.
+// window budget plus a bounded cost per connection, the budget's use
+// within its limit plus the initial window of each stream (the protocol's,
+// never refused), and none of it while the connections are idle.
 //
 // The heap is sampled every 50 ms two ways: the live heap (what the last
 // collection found reachable), which is what the node holds and what the
@@ -129,6 +129,9 @@ func TestManyUploadsMemory(t *testing.T) {
 	}
 	if peakHeap.Load() > 2*limitHeap {
 		t.Errorf("node's heap in use grew %.1f MiB, over %.1f MiB (twice the live bound, for GOGC=100's garbage)", mib(peakHeap.Load()), mib(2*limitHeap))
+	}
+	if idleUsed != 0 {
+		t.Errorf("%d idle connections hold %d bytes of the window budget, want none", uploaders, idleUsed)
 	}
 	if peakUsed.Load() > limitUsed {
 		t.Errorf("budget used %d bytes, over %d", peakUsed.Load(), limitUsed)

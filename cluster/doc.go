@@ -59,9 +59,10 @@
 //     death and comes back) is kept; a member declared dead or gone is no
 //     longer kept, so the node stops redialing it. That is the only
 //     verdict it passes on: a confirmed one. Between tether's eviction and
-//     the gossip's verdict the node redials with backoff (100 ms, doubling
-//     to 10 s), which costs a refused TCP connect now and then and lets a
-//     member whose link came back be reconnected at once. A live
+//     the gossip's verdict the node redials with backoff (from 500 ms,
+//     jittered, doubling to 10 s), which costs a refused TCP connect now
+//     and then and lets a member whose link came back be reconnected
+//     within the backoff's bound. A live
 //     connection to a member declared dead is not cut: tether's liveness
 //     says whether it works.
 //   - From tether to the gossip: nothing. An eviction is one link's

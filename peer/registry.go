@@ -111,19 +111,21 @@ type Registry struct {
 	log   *zap.Logger
 	hedge *Hedge
 
-	mu     sync.Mutex
-	peers  map[ID]*Peer
-	live   []*Peer          // the values of peers, for Sample
-	pos    map[*Peer]int    // each one's index in live
-	dialed map[string]*Peer // of peers, the newest this side dialed to each address
-	kept   map[string]*keeper
-	closed bool
-	totals Stats // what dead references did, and event counts
+	mu      sync.Mutex
+	peers   map[ID]*Peer
+	live    []*Peer              // the values of peers, for Sample
+	pos     map[*Peer]int        // each one's index in live
+	dialed  map[string]*Peer     // of peers, the newest this side dialed to each address
+	dialing map[string]*dialCall // the dials in flight, by address
+	kept    map[string]*keeper
+	closed  bool
+	totals  Stats // what dead references did, and event counts
 
 	ctx      context.Context // ends at Close: dials in progress stop
 	cancel   context.CancelFunc
 	goneWG   sync.WaitGroup // gone() runs still to come
 	retiring sync.WaitGroup
+	dials    sync.WaitGroup // dials in flight
 
 	events eventQueue
 
@@ -148,14 +150,15 @@ func New(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{
-		cfg:    cfg,
-		mon:    mon,
-		log:    cfg.Logger,
-		hedge:  NewHedge(),
-		peers:  make(map[ID]*Peer),
-		pos:    make(map[*Peer]int),
-		dialed: make(map[string]*Peer),
-		kept:   make(map[string]*keeper),
+		cfg:     cfg,
+		mon:     mon,
+		log:     cfg.Logger,
+		hedge:   NewHedge(),
+		peers:   make(map[ID]*Peer),
+		pos:     make(map[*Peer]int),
+		dialed:  make(map[string]*Peer),
+		dialing: make(map[string]*dialCall),
+		kept:    make(map[string]*keeper),
 	}
 	r.evicted = newFold(cfg.Logger, zap.WarnLevel, "peers evicted", realFoldClock{}, true)
 	r.left = newFold(cfg.Logger, zap.InfoLevel, "peers disconnected", realFoldClock{}, false)
@@ -295,25 +298,97 @@ func (r *Registry) newWins(old, new *Peer) bool {
 // (A second connection dialed to the same peer would replace the first, and
 // the two sides may register the two in different orders: each would then
 // keep a different one.)
+//
+// Concurrent Dials to an address with no live reference share one dial:
+// one connection is made, and every caller gets the same reference or the
+// same error. A caller whose ctx ends stops waiting and returns an error
+// matching ctx.Err(); the dial goes on for the others, and stops only once
+// every caller waiting for it has gone (or the registry closes).
 func (r *Registry) Dial(ctx context.Context, addr string) (*Peer, error) {
 	if r.cfg.Dial == nil {
 		return nil, errors.New("peer: the Registry's Config has no Dial")
 	}
 	r.mu.Lock()
-	closed := r.closed
 	if p := r.dialed[addr]; p != nil && p.conn.Err() == nil {
 		r.mu.Unlock()
 		return p, nil
 	}
-	r.mu.Unlock()
-	if closed {
+	if r.closed {
+		r.mu.Unlock()
 		return nil, ErrRegistryClosed
 	}
-	c, err := r.cfg.Dial(ctx, addr)
-	if err != nil {
-		return nil, err
+	if err := ctx.Err(); err != nil {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("peer: dialing %s: %w", addr, err)
 	}
-	return r.add(c, addr, true)
+	d := r.dialing[addr]
+	if d == nil {
+		// The dial keeps the first caller's values, not its end: it
+		// ends when its last caller has gone, or at Close.
+		dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		d = &dialCall{done: make(chan struct{}), cancel: cancel}
+		r.dialing[addr] = d
+		r.dials.Add(1)
+		go r.dial(dctx, addr, d)
+	}
+	d.waiters++
+	r.mu.Unlock()
+
+	select {
+	case <-d.done:
+		return d.p, d.err
+	case <-ctx.Done():
+	}
+	select {
+	case <-d.done: // done as ctx ended: take it
+		return d.p, d.err
+	default:
+	}
+	r.mu.Lock()
+	d.waiters--
+	last := d.waiters == 0
+	if last && r.dialing[addr] == d {
+		delete(r.dialing, addr) // a Dial from now on dials anew
+	}
+	r.mu.Unlock()
+	if last {
+		d.cancel()
+	}
+	return nil, fmt.Errorf("peer: dialing %s: %w", addr, ctx.Err())
+}
+
+// dialCall is a dial in flight to one address, shared by the Dials waiting
+// for it.
+type dialCall struct {
+	done    chan struct{} // closed once p and err are set
+	p       *Peer
+	err     error
+	waiters int // under Registry.mu
+	cancel  context.CancelFunc
+}
+
+// dial runs a shared dial in a goroutine of its own, so that it outlives
+// the caller that started it.
+func (r *Registry) dial(ctx context.Context, addr string, d *dialCall) {
+	defer r.dials.Done()
+	stop := context.AfterFunc(r.ctx, d.cancel) // Close ends dials in flight
+	c, err := r.cfg.Dial(ctx, addr)
+	stop()
+	switch {
+	case err == nil:
+		d.p, d.err = r.add(c, addr, true)
+	case r.ctx.Err() != nil && errors.Is(err, context.Canceled):
+		d.err = ErrRegistryClosed
+	default:
+		d.err = err
+	}
+	d.cancel()
+	r.mu.Lock()
+	if r.dialing[addr] == d {
+		delete(r.dialing, addr)
+	}
+	r.mu.Unlock()
+	close(d.done)
 }
 
 // Get returns the current live reference to id.
@@ -493,6 +568,7 @@ func (r *Registry) Close() error {
 		}()
 	}
 	wg.Wait()
+	r.dials.Wait() // (each registers nothing now: add refuses)
 	r.retiring.Wait()
 	for _, k := range kept {
 		k.wait()

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -449,5 +450,129 @@ func TestMassSilence(t *testing.T) {
 		found, len(victims), worst, others, len(warns), f.r.Monitor().Stats())
 	if found != len(victims) || worst > floor+slack || others != 0 || len(warns) > 10 {
 		t.Fatal("the floor does not hold")
+	}
+}
+
+// waiters is how many Dials wait for the dial in flight to addr.
+func waiters(r *Registry, addr string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if d := r.dialing[addr]; d != nil {
+		return d.waiters
+	}
+	return 0
+}
+
+// Concurrent Dials to an address share one dial: one connection, one
+// reference for all. A caller whose context ends stops waiting with its
+// context's error, and the dial goes on for the others.
+func TestDialShared(t *testing.T) {
+	const n = 50
+	var dials atomic.Int32
+	release := make(chan struct{})
+	r := registry(t, Config{Dial: func(ctx context.Context, addr string) (*rpc.Conn, error) {
+		dials.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		ours, _ := conns(t, "shared", nil)
+		return ours, nil
+	}})
+	type result struct {
+		p   *Peer
+		err error
+	}
+	results := make(chan result, n)
+	for range n {
+		go func() {
+			p, err := r.Dial(context.Background(), "s:1")
+			results <- result{p, err}
+		}()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := r.Dial(ctx, "s:1")
+		gaveUp <- err
+	}()
+	waitFor(t, func() bool { return waiters(r, "s:1") == n+1 }, "every Dial to wait for the one dial")
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Dial whose context ended: %v, want context.Canceled", err)
+	}
+	if got := waiters(r, "s:1"); got != n {
+		t.Fatalf("%d Dials wait after one gave up, want %d", got, n)
+	}
+	close(release)
+	var first *Peer
+	for range n {
+		res := <-results
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		if first == nil {
+			first = res.p
+		}
+		if res.p != first {
+			t.Fatalf("Dials got different references: %v and %v", first, res.p)
+		}
+	}
+	if d, c := dials.Load(), r.Stats().Connects; d != 1 || c != 1 {
+		t.Fatalf("%d concurrent Dials made %d dials and %d connections, want 1 and 1", n, d, c)
+	}
+	if p, err := r.Dial(context.Background(), "s:1"); p != first || err != nil {
+		t.Fatalf("a later Dial: %v, %v; want the live reference", p, err)
+	}
+	checkIndex(t, r)
+}
+
+// A dial all of whose callers have gone is cancelled, and the next Dial
+// dials anew; Close ends a dial in flight, its callers told the registry
+// closed.
+func TestDialSharedCancelled(t *testing.T) {
+	cancelled := make(chan struct{}, 4)
+	var dials atomic.Int32
+	r, err := New(Config{LocalID: "local", Liveness: liveness.Local(), Dial: func(ctx context.Context, addr string) (*rpc.Conn, error) {
+		dials.Add(1)
+		<-ctx.Done()
+		cancelled <- struct{}{}
+		return nil, ctx.Err()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	errs := make(chan error, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	for range 2 {
+		go func() {
+			_, err := r.Dial(ctx, "gone:1")
+			errs <- err
+		}()
+	}
+	waitFor(t, func() bool { return waiters(r, "gone:1") == 2 }, "both Dials to wait")
+	cancel()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, context.Canceled) {
+			t.Fatalf("Dial whose context ended: %v", err)
+		}
+	}
+	if _, ok := ttest.Within(cancelled, 5*time.Second); !ok {
+		t.Fatal("the dial went on after its last caller had gone")
+	}
+
+	go func() {
+		_, err := r.Dial(context.Background(), "gone:1")
+		errs <- err
+	}()
+	waitFor(t, func() bool { return waiters(r, "gone:1") == 1 }, "a new Dial to wait")
+	if d := dials.Load(); d != 2 {
+		t.Fatalf("%d dials, want a second one for the new Dial", d)
+	}
+	r.Close()
+	if err, ok := ttest.Within(errs, 5*time.Second); !ok || !errors.Is(err, ErrRegistryClosed) {
+		t.Fatalf("Dial in flight at Close: %v", err)
 	}
 }

@@ -48,9 +48,11 @@ func (a Addr) String() string {
 // Closing the listener stops that service only: conns already accepted go
 // on, those not yet accepted are closed, Accept returns net.ErrClosed, and
 // peers opening new streams to the service are refused. The node's Close
-// does not close its listeners: close them first (grpc.Server.Stop and
-// http.Server.Close do). A second Listener for the same service takes over
-// from the first for new streams.
+// (and Abort and Drain, which end in it) closes every listener the node
+// has made, so a server's Serve loop over one returns with the accept
+// error; a Listener made after that is closed already. A second Listener
+// for the same service takes over from the first for new streams; closing
+// the first then leaves the second serving.
 //
 // An accepted conn holds a goroutine (the stream handler's) until it is
 // closed; an idle conn costs no other. Each conn counts against the
@@ -64,6 +66,19 @@ func (n *Node) Listener(service string) net.Listener {
 		conns:   make(chan *streamConn),
 		done:    make(chan struct{}),
 	}
+	ls := &n.lns
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.closed {
+		l.once.Do(func() { close(l.done) })
+		return l
+	}
+	if ls.open == nil {
+		ls.open = make(map[*listener]struct{})
+		ls.serving = make(map[string]*listener)
+	}
+	ls.open[l] = struct{}{}
+	ls.serving[service] = l
 	n.HandleStream(service, rpc.StreamFunc(l.serve))
 	return l
 }
@@ -71,6 +86,27 @@ func (n *Node) Listener(service string) net.Listener {
 // ErrServiceClosed is what a stream opened to a closed Listener's service
 // ends with, where the stream reached it before the listener was gone.
 var ErrServiceClosed = errors.New("tether: service closed")
+
+// listeners are a node's open Listeners, which its Close closes.
+type listeners struct {
+	mu      sync.Mutex
+	open    map[*listener]struct{}
+	serving map[string]*listener // by service, the one whose handler the mux has
+	closed  bool                 // the node closed: new Listeners are closed
+}
+
+// closeListeners closes the node's Listeners, and any it makes from now on.
+func (n *Node) closeListeners() {
+	ls := &n.lns
+	ls.mu.Lock()
+	ls.closed = true
+	open := ls.open
+	ls.open = nil
+	ls.mu.Unlock()
+	for l := range open {
+		l.Close()
+	}
+}
 
 type listener struct {
 	n       *Node
@@ -113,9 +149,16 @@ func (l *listener) Accept() (net.Conn, error) {
 func (l *listener) Close() error {
 	l.once.Do(func() {
 		close(l.done)
-		// Refuse new streams: the service is no longer served. A stream
-		// handler of nil removes the service's.
-		l.n.HandleStream(l.service, nil)
+		ls := &l.n.lns
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		delete(ls.open, l)
+		if ls.serving[l.service] == l {
+			// Refuse new streams: the service is no longer served. A
+			// stream handler of nil removes the service's.
+			delete(ls.serving, l.service)
+			l.n.HandleStream(l.service, nil)
+		}
 	})
 	return nil
 }
@@ -127,7 +170,8 @@ func (l *listener) Addr() net.Addr { return Addr{ID: l.n.ID(), Net: l.n.Addr()} 
 // DialConn returns a net.Conn to service (served by the peer's Listener)
 // on the peer at addr ("host:port" or "ID@host:port", as Dial takes). It
 // runs as a stream over the node's one tether connection to that peer,
-// dialed or reused (see Dial): give it to gRPC with grpc.WithContextDialer,
+// dialed or reused (see Dial; concurrent DialConns to a peer not yet
+// connected share one dial): give it to gRPC with grpc.WithContextDialer,
 // to net/http as an http.Transport's DialContext, or to net/rpc.NewClient.
 // ctx bounds the dial and the opening of the stream only, as net.Dialer's
 // does, not the conn's life. A peer that serves no such service refuses
@@ -144,7 +188,7 @@ func (l *listener) Addr() net.Addr { return Addr{ID: l.n.ID(), Net: l.n.Addr()} 
 // *liveness.Verdict for missed heartbeats.
 func (n *Node) DialConn(ctx context.Context, addr, service string) (net.Conn, error) {
 	for retried := false; ; retried = true {
-		p, err := n.dialShared(ctx, addr)
+		p, err := n.Dial(ctx, addr)
 		if err != nil {
 			return nil, fmt.Errorf("tether: dialing %s for %q: %w", addr, service, err)
 		}
@@ -171,48 +215,6 @@ func (n *Node) DialConn(ctx context.Context, addr, service string) (net.Conn, er
 		}
 		// The reference died as the stream opened (replaced by the peer's
 		// own connection to us, say): once more, on the live one.
-	}
-}
-
-// dialing holds the dials in flight by node and address, so that
-// concurrent DialConns to one peer (an http.Transport opening several
-// conns, gRPC clients starting together) share one tether connection:
-// each Dial would otherwise make its own, and the registry keep only one.
-var dialing sync.Map // dialKey -> *dialCall
-
-type dialKey struct {
-	n    *Node
-	addr string
-}
-
-type dialCall struct {
-	done chan struct{}
-	p    *peer.Peer
-	err  error
-}
-
-// dialShared is Dial, joining a dial to addr already in flight.
-func (n *Node) dialShared(ctx context.Context, addr string) (*peer.Peer, error) {
-	k := dialKey{n, addr}
-	for {
-		c := &dialCall{done: make(chan struct{})}
-		v, inFlight := dialing.LoadOrStore(k, c)
-		if !inFlight {
-			c.p, c.err = n.Dial(ctx, addr)
-			dialing.Delete(k)
-			close(c.done)
-			return c.p, c.err
-		}
-		o := v.(*dialCall)
-		select {
-		case <-o.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if o.err == nil || !(errors.Is(o.err, context.Canceled) || errors.Is(o.err, context.DeadlineExceeded)) {
-			return o.p, o.err
-		}
-		// That dial's context ended, not necessarily ours: dial again.
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/rpc"
@@ -216,9 +218,10 @@ func TestListenerClose(t *testing.T) {
 
 // Evicting a peer fails every conn to it at once, on both sides, with
 // ErrDeadReference and the cause: blocked Reads, Writes, and 1,000 idle
-// conns. No goroutine is left behind (TestMain's goleak).
+// conns. Once they and the nodes are closed, no goroutine is left behind.
 func TestConnsFailOnEviction(t *testing.T) {
 	const n = 1000
+	noLeaks(t)
 	a, b := node(t), node(t)
 	ln := b.Listener("svc")
 	defer ln.Close()
@@ -270,6 +273,18 @@ func TestConnsFailOnEviction(t *testing.T) {
 			t.Fatalf("after eviction: %v", err)
 		}
 	}
+	// Every conn, either end, fails both ways from now on (once what it
+	// had received is read: the writers' tenths sent some).
+	for i := range n {
+		for side, c := range map[string]net.Conn{"dialing": clients[i], "accepting": servers[i]} {
+			if _, err := io.Copy(io.Discard, c); !errors.Is(err, rpc.ErrDeadReference) {
+				t.Fatalf("conn %d, %s end: Read after the eviction: %v", i, side, err)
+			}
+			if _, err := c.Write([]byte("x")); !errors.Is(err, rpc.ErrDeadReference) {
+				t.Fatalf("conn %d, %s end: Write after the eviction: %v", i, side, err)
+			}
+		}
+	}
 	// The evicting side's errors carry the cause; b learns of a reset.
 	if _, err := clients[1].Write([]byte("x")); !errors.Is(err, rpc.ErrDeadReference) || !errors.Is(err, cause) {
 		t.Fatalf("Write on an evicted peer's conn: %v", err)
@@ -306,6 +321,85 @@ func TestListenerCloseManyConns(t *testing.T) {
 	}
 	waitFor(t, func() bool { return runtime.NumGoroutine() <= base+2 },
 		"the conns' goroutines to end")
+}
+
+// noLeaks checks, once the test and its cleanups (registered after this
+// call: its nodes' Close, its conns') are done, that no goroutine started
+// since is left.
+func noLeaks(t *testing.T) {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+}
+
+// The node's Close and Abort close its Listeners: a blocked Accept
+// returns net.ErrClosed, and so does every Accept after, on every
+// Listener the node made (one taken over by a second, one made after
+// the close); conns accepted die with the node. Nothing is left running.
+func TestNodeCloseClosesListeners(t *testing.T) {
+	for _, how := range []string{"Close", "Abort"} {
+		t.Run(how, func(t *testing.T) {
+			noLeaks(t)
+			a, b := node(t), node(t)
+			blocked := b.Listener("blocked")
+			accepting := make(chan error, 1)
+			go func() {
+				_, err := blocked.Accept()
+				accepting <- err
+			}()
+			served := b.Listener("served")
+			client, server := dialAccept(t, a, b, served, "served")
+			replaced := b.Listener("served") // served is still open, but takes no new streams
+
+			if how == "Close" {
+				b.Close()
+			} else {
+				b.Abort()
+			}
+			if err, ok := ttest.Within(accepting, ttest.Scaled(5*time.Second)); !ok || !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Accept blocked at %s: %v", how, err)
+			}
+			late := b.Listener("late")
+			for name, ln := range map[string]net.Listener{"blocked": blocked, "served": served, "replaced": replaced, "late": late} {
+				if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+					t.Fatalf("Accept on the %s listener after %s: %v", name, how, err)
+				}
+				if err := ln.Close(); err != nil {
+					t.Fatalf("Close of the %s listener after %s: %v", name, how, err)
+				}
+			}
+			for name, c := range map[string]net.Conn{"dialing": client, "accepting": server} {
+				c.SetReadDeadline(time.Now().Add(ttest.Scaled(5 * time.Second)))
+				if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("%s end of a conn after %s: Read %v", name, how, err)
+				}
+			}
+		})
+	}
+}
+
+// A second Listener for a service takes over new streams; closing the
+// first then leaves the second serving, and closing the second stops the
+// service.
+func TestListenerTakeover(t *testing.T) {
+	a, b := node(t), node(t)
+	first := b.Listener("svc")
+	defer first.Close()
+	second := b.Listener("svc")
+	defer second.Close()
+	dialAccept(t, a, b, second, "svc")
+	first.Close()
+	dialAccept(t, a, b, second, "svc")
+	second.Close()
+	if c, err := a.DialConn(context.Background(), b.Addr().String(), "svc"); err == nil {
+		c.SetReadDeadline(time.Now().Add(ttest.Scaled(5 * time.Second)))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("a stream opened to a closed service read %v, want io.EOF", err)
+		}
+		c.Close()
+	} else if !errors.Is(err, rpc.ErrUnknownMethod) {
+		t.Fatalf("DialConn once both listeners closed: %v", err)
+	}
 }
 
 // Concurrent DialConns to a peer not yet connected share one tether

@@ -66,6 +66,7 @@ type Node struct {
 	aborting   atomic.Bool // Abort: connections are reset, never said goodbye to
 	served     atomic.Uint64
 	ageTimer   *time.Timer
+	lns        listeners // the Listeners open (netconn.go)
 
 	ctx       context.Context // ends at Close
 	cancel    context.CancelFunc
@@ -219,7 +220,8 @@ func (n *Node) Logger() *zap.Logger { return n.logger }
 // if this node holds a live reference it dialed to addr already, it returns
 // that one. addr is "host:port", or "ID@host:port" to refuse any peer but
 // that one (authenticated with WithTLS); the host:port goes to the dialer
-// (WithDialer; TCP by default).
+// (WithDialer; TCP by default). Concurrent Dials to one address share one
+// connection (see peer.Registry.Dial).
 func (n *Node) Dial(ctx context.Context, addr string) (*peer.Peer, error) {
 	return n.reg.Dial(ctx, addr)
 }
@@ -244,7 +246,8 @@ func (n *Node) dialConn(ctx context.Context, addr string) (*rpc.Conn, error) {
 	return c, err
 }
 
-// Close stops listening, says goodbye to every peer (so they evict this
+// Close stops listening, closes the node's Listeners (their Accept
+// returns net.ErrClosed), says goodbye to every peer (so they evict this
 // node at once), cancels the handlers still running, and waits for the
 // node's goroutines. It leaks none.
 func (n *Node) Close() error {
@@ -256,9 +259,10 @@ func (n *Node) Close() error {
 // is aborted (Node.Abort). It matches rpc.ErrClosed: this side ended them.
 var ErrAborted = fmt.Errorf("node aborted: %w", rpc.ErrClosed)
 
-// Abort closes the listener and resets every connection with no goodbye,
-// as a crash would: peers see a reset (a TCP RST, over TLS too), not "peer
-// left", and evict the node as they would a crashed one. On this side the
+// Abort closes the listeners (and the node's Listeners, as Close does) and
+// resets every connection with no goodbye, as a crash would: peers see a
+// reset (a TCP RST, over TLS too), not "peer left", and evict the node as
+// they would a crashed one. On this side the
 // calls outstanding fail with a *rpc.DeadError wrapping ErrAborted, and
 // the handlers running have their contexts cancelled. Unlike a crash,
 // Abort then stops the node's goroutines and flushes its log, as Close
@@ -275,7 +279,8 @@ func (n *Node) shutdown(abort bool) {
 		n.aborting.Store(true) // dials that finish from now on are reset
 	}
 	n.cancel()
-	n.srv.Close() // handshakes in progress end
+	n.srv.Close()      // handshakes in progress end
+	n.closeListeners() // Accept returns net.ErrClosed
 	if abort {
 		peers := n.reg.List()
 		for _, p := range peers {

@@ -1,18 +1,24 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"go.uber.org/zap"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/cluster"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -20,20 +26,27 @@ import (
 // config is what a node needs; main fills it from flags, tests directly.
 type config struct {
 	listen    string
-	advertise string        // the address peers should dial; default the listen address
-	peers     []string      // addresses to keep connected from the start
+	advertise string        // the tether address other members dial; default the listen address
+	gossip    string        // the cluster's gossip address, UDP and TCP
+	seeds     []string      // gossip addresses of members to join through; none starts a cluster
+	secret    []byte        // the cluster's key; none gossips in the clear
 	name      string        // shown as the origin of this node's messages; default the address
-	minPeers  int           // below this many live peers, keep learnt addresses too
 	heartbeat time.Duration // 0: tether's default, 250 ms
 	out       io.Writer     // messages received
 	events    io.Writer     // peer events
 	logger    *zap.Logger   // tether's own log lines; nil for none
 	notify    func(note)    // tests watch through it; may be nil
+	// memberlist, if not nil, is the gossip's configuration (its timings);
+	// default memberlist's for one machine on a loopback -gossip address,
+	// for a LAN otherwise.
+	memberlist *memberlist.Config
+	dial       func(ctx context.Context, addr string) (net.Conn, error) // tests: how the node dials; nil for TCP
+	id         string                                                   // tests: the node's ID; "" for a random one
 }
 
 // note is something that happened, told to config.notify.
 type note struct {
-	kind  string     // "message", "event" or "learnt"
+	kind  string     // "message" or "event"
 	msg   message    // message: what arrived (first copy only)
 	from  peer.ID    // message: the neighbour it came from
 	event peer.Event // event
@@ -49,19 +62,19 @@ type message struct {
 
 const (
 	methodGossip = "p2p.gossip" // message -> struct{}
-	methodPeers  = "p2p.peers"  // peerList -> peerList
 
 	maxHops   = 16      // a message is not forwarded further
 	maxSeen   = 1 << 16 // message IDs remembered for de-duplication
 	callLimit = 5 * time.Second
+	leaveWait = 5 * time.Second // bound on telling the cluster this node leaves
 )
 
-// node is one gossip node: a tether node, the addresses it has learnt,
+// node is one gossip node: a tether node, its membership in the cluster,
 // and the message IDs it has seen.
 type node struct {
-	cfg  config
-	tn   *tether.Node
-	self string // advertised address
+	cfg config
+	tn  *tether.Node
+	cl  atomic.Pointer[cluster.Cluster] // set once joined
 
 	ctx    context.Context // ends at close: cancels the calls in flight
 	cancel context.CancelFunc
@@ -71,50 +84,84 @@ type node struct {
 	closed bool
 	seen   map[string]struct{}
 	order  []string           // seen IDs, oldest first, to forget them in turn
-	known  map[peer.ID]string // every node heard of: its advertised address
-	kept   map[string]func()  // addresses this node keeps connected: Keep's stop
 	up     map[peer.ID]bool   // peers shown as connected
+	addrs  map[peer.ID]string // members' advertised addresses, as shown
 
 	outMu sync.Mutex // one line at a time on out and events
 }
 
-// start starts a node and keeps cfg.peers connected.
-func start(cfg config) (*node, error) {
-	tn, err := tether.Listen(cfg.listen, tether.WithLogger(cfg.logger), tether.WithHeartbeat(cfg.heartbeat))
+// start starts a node and joins the cluster through cfg.seeds (none: it
+// starts one). The cluster keeps the other members connected, and lets go
+// of those that leave or that the gossip declares dead.
+func start(ctx context.Context, cfg config) (*node, error) {
+	opts := []tether.Option{tether.WithLogger(cfg.logger), tether.WithHeartbeat(cfg.heartbeat)}
+	if cfg.dial != nil {
+		opts = append(opts, tether.WithDialer(cfg.dial))
+	}
+	if cfg.id != "" {
+		opts = append(opts, tether.WithID(cfg.id))
+	}
+	tn, err := tether.Listen(cfg.listen, opts...)
 	if err != nil {
 		return nil, err
 	}
 	g := &node{
 		cfg:   cfg,
 		tn:    tn,
-		self:  cfg.advertise,
 		seen:  make(map[string]struct{}),
-		known: make(map[peer.ID]string),
-		kept:  make(map[string]func()),
 		up:    make(map[peer.ID]bool),
-	}
-	if g.self == "" {
-		g.self = tn.Addr().String()
+		addrs: make(map[peer.ID]string),
 	}
 	if g.cfg.name == "" {
-		g.cfg.name = g.self
+		g.cfg.name = cmp.Or(cfg.advertise, tn.Addr().String())
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	tn.Handle(methodGossip, rpc.Typed(g.serveGossip))
-	tn.Handle(methodPeers, rpc.Typed(g.servePeers))
 	tn.Peers().Subscribe(g.onEvent)
-	for _, a := range cfg.peers {
-		g.keep(a)
+	cc := cluster.Config{
+		Seeds:      cfg.seeds,
+		BindAddr:   cfg.gossip,
+		Advertise:  cfg.advertise,
+		Secret:     cfg.secret,
+		Insecure:   len(cfg.secret) == 0,
+		Memberlist: cfg.memberlist,
 	}
+	if cc.Memberlist == nil && isLoopback(cfg.gossip) {
+		cc.Memberlist = memberlist.DefaultLocalConfig()
+	}
+	cl, err := cluster.Join(ctx, tn, cc)
+	if err != nil {
+		g.cancel()
+		tn.Close()
+		return nil, err
+	}
+	g.cl.Store(cl)
 	return g, nil
 }
 
-// close says goodbye to every peer (they evict this node at once) and
-// stops, cancelling the calls in flight.
+// isLoopback reports whether addr's host is a loopback address, where
+// memberlist's timings for one machine fit.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	ip := net.ParseIP(host)
+	return err == nil && ip != nil && ip.IsLoopback()
+}
+
+// close leaves the cluster (the other members let this node go at once,
+// rather than after declaring it dead), says goodbye to every peer (they
+// evict this node at once) and stops, cancelling the calls in flight. A
+// second close does nothing.
 func (g *node) close() {
 	g.mu.Lock()
+	was := g.closed
 	g.closed = true
 	g.mu.Unlock()
+	if was {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), leaveWait)
+	g.cl.Load().Leave(ctx)
+	cancel()
 	g.cancel()
 	g.wg.Wait()
 	g.tn.Close()
@@ -205,26 +252,20 @@ func (g *node) firstSight(id string) bool {
 	return true
 }
 
-// onEvent shows peer events as they happen, exchanges addresses with each
-// new peer, and looks for more peers when too few are left. It runs on the
-// registry's event goroutine, so it only starts work, never waits for it.
+// onEvent shows peer events as they happen. It runs on the registry's
+// event goroutine, so it only prints, never waits.
 func (g *node) onEvent(ev peer.Event) {
-	if ev.ID == g.tn.ID() { // connected to itself: an address of its own in -peers
-		if ev.Kind == peer.Connected && ev.Peer.Dialed() {
-			g.printf(g.cfg.events, "* %s is this node's own address: not kept\n", ev.Peer.Addr())
-			g.notSelf(ev.Peer.Addr())
-		}
-		return
-	}
 	who := g.who(ev.ID, ev.Peer.Addr())
-	// When two nodes dial each other at once, both keep one connection
-	// and close the other: a second Connected, and a Disconnected (cause
-	// peer.ErrReplaced, or on the far side just EOF) for a peer that is
-	// still connected. Those are not shown.
+	// When two members dial each other at once, both keep one connection
+	// and close the other: a second Connected, and a Disconnected for a
+	// connection replaced by another to the same peer (cause
+	// peer.ErrReplaced, or on the far side its goodbye, or just EOF),
+	// which may come before this side has the other connection. Those are
+	// not shown.
 	cur, live := g.tn.Peers().Get(ev.ID)
-	duplicate := ev.Kind == peer.Disconnected && live && cur != ev.Peer
+	duplicate := ev.Kind == peer.Disconnected && (live && cur != ev.Peer || replaced(ev.Cause))
 	g.mu.Lock()
-	wasUp := g.up[ev.ID]
+	wasUp, seen := g.up[ev.ID]
 	switch {
 	case ev.Kind == peer.Connected:
 		g.up[ev.ID] = true
@@ -236,23 +277,24 @@ func (g *node) onEvent(ev peer.Event) {
 	switch ev.Kind {
 	case peer.Connected:
 		switch {
-		case ev.Reconnect:
+		case wasUp:
+		case seen:
 			g.printf(g.cfg.events, "* %s reconnected\n", who)
-		case !wasUp:
+		default:
 			g.printf(g.cfg.events, "* %s connected\n", who)
 		}
-		g.goFn(func(ctx context.Context) { g.exchange(ctx, ev.Peer) })
 	case peer.Disconnected:
 		switch {
-		case duplicate, errors.Is(ev.Cause, peer.ErrReplaced):
-		case errors.Is(ev.Cause, rpc.ErrClosed):
-			g.printf(g.cfg.events, "* %s disconnected: this node is closing\n", who)
+		case duplicate:
+		case errors.Is(ev.Cause, rpc.ErrClosed), errors.Is(ev.Cause, cluster.ErrLeft):
+			g.printf(g.cfg.events, "* %s disconnected: this node is leaving\n", who)
+		case errors.Is(ev.Cause, rpc.ErrPeerLeft):
+			g.printf(g.cfg.events, "* %s left\n", who)
 		case ev.Calls > 0:
 			g.printf(g.cfg.events, "* %s evicted: %v (%d calls failed at once)\n", who, ev.Cause, ev.Calls)
 		default:
 			g.printf(g.cfg.events, "* %s evicted: %v\n", who, ev.Cause)
 		}
-		g.topUp("")
 	case peer.Suspected:
 		g.printf(g.cfg.events, "* %s suspected: overdue\n", who)
 	case peer.Recovered:
@@ -261,11 +303,32 @@ func (g *node) onEvent(ev peer.Event) {
 	g.tell(note{kind: "event", event: ev})
 }
 
+// replaced reports whether a connection ended because another to the same
+// peer replaced it, here (peer.ErrReplaced) or at the peer: its goodbye
+// (rpc.ErrPeerLeft) carries its cause as text only.
+func replaced(cause error) bool {
+	return errors.Is(cause, peer.ErrReplaced) ||
+		errors.Is(cause, rpc.ErrPeerLeft) && strings.Contains(cause.Error(), peer.ErrReplaced.Error())
+}
+
 // who names a peer in the output: the start of its ID, and the address it
-// can be dialed at if known, else addr.
+// advertises in the cluster (remembered after it is gone), else addr.
 func (g *node) who(id peer.ID, addr string) string {
+	if _, a, ok := strings.Cut(addr, "@"); ok { // the address a member is dialed at, "ID@host:port"
+		addr = a
+	}
+	if cl := g.cl.Load(); cl != nil {
+		for _, m := range cl.Members() {
+			if m.ID == id {
+				g.mu.Lock()
+				g.addrs[id] = m.Addr
+				g.mu.Unlock()
+				break
+			}
+		}
+	}
 	g.mu.Lock()
-	if a := g.known[id]; a != "" {
+	if a := g.addrs[id]; a != "" {
 		addr = a
 	}
 	g.mu.Unlock()

@@ -129,8 +129,10 @@ func TestEcho(t *testing.T) {
 //   - grpc-go with keepalive at its floor (10 s, 20 s to answer, and the
 //     server's consent): fails after about 30 s; not with -short;
 //   - grpc-go over tether, at tether's default liveness (idle peers are
-//     kept alive by the kernel's TCP keepalive, and a gRPC connection
-//     waiting for an answer is idle to tether) and with every peer probed
+//     kept alive by the kernel's TCP keepalive, but tether counts a stream
+//     opened here that wrote since it last read as outstanding, see rpc's
+//     Conn.Outstanding, so a peer with a gRPC call waiting for its answer
+//     is checked at the full heartbeat rate) and with every peer probed
 //     each heartbeat (liveness KeepAlive zero): each fails within a second
 //     or two, in every one of TETHER_TRIALS partitions (default 5), the
 //     tether connection redialed after each heal.

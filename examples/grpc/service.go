@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"strconv"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -43,6 +46,8 @@ func Dial(n *tether.Node, addr string, opts ...grpc.DialOption) (*grpc.ClientCon
 //	service Echo {
 //		rpc Echo(bytes) returns (bytes); // answers with its request
 //		rpc Hold(bytes) returns (bytes); // answers when its context ends
+//		rpc Count(stream bytes) returns (bytes); // answers how many requests came, in decimal
+//		rpc Chat(stream bytes) returns (stream bytes); // answers each request with it
 //	}
 type rawCodec struct{}
 
@@ -77,8 +82,43 @@ var echoDesc = grpc.ServiceDesc{
 			return nil, ctx.Err()
 		})},
 	},
+	Streams:  []grpc.StreamDesc{countDesc, chatDesc},
 	Metadata: "example.proto",
 }
+
+// The streaming methods: a client's stream of requests (Count), and a
+// stream each way (Chat).
+var (
+	countDesc = grpc.StreamDesc{StreamName: "Count", ClientStreams: true, Handler: func(_ any, s grpc.ServerStream) error {
+		n := 0
+		for {
+			var req []byte
+			err := s.RecvMsg(&req)
+			if errors.Is(err, io.EOF) { // the client's CloseSend
+				return s.SendMsg([]byte(strconv.Itoa(n)))
+			}
+			if err != nil {
+				return err
+			}
+			n++
+		}
+	}}
+	chatDesc = grpc.StreamDesc{StreamName: "Chat", ClientStreams: true, ServerStreams: true, Handler: func(_ any, s grpc.ServerStream) error {
+		for {
+			var req []byte
+			err := s.RecvMsg(&req)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := s.SendMsg(req); err != nil {
+				return err
+			}
+		}
+	}}
+)
 
 // unary is a method handler as protoc-gen-go-grpc writes them: it decodes
 // the request and runs fn through the server's interceptor, if any.
@@ -110,4 +150,10 @@ func call(ctx context.Context, cc *grpc.ClientConn, method string, req []byte, o
 	var resp []byte
 	err := cc.Invoke(ctx, "/example.Echo/"+method, req, &resp, append(opts, grpc.ForceCodecV2(rawCodec{}))...)
 	return resp, err
+}
+
+// stream opens a stream of method (&countDesc or &chatDesc). It ends with
+// ctx, or at the first error its RecvMsg returns.
+func stream(ctx context.Context, cc *grpc.ClientConn, method *grpc.StreamDesc, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return cc.NewStream(ctx, method, "/example.Echo/"+method.StreamName, append(opts, grpc.ForceCodecV2(rawCodec{}))...)
 }

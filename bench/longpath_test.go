@@ -228,17 +228,24 @@ func tetherOverLink(tb testing.TB, l partition.Link, mux *rpc.Mux) (client, serv
 	return client, r.c
 }
 
-// BenchmarkLongPathCalls measures 64 B calls on a 50 ms round trip, alone
-// and beside two bulk streams on the same connection, and the two streams'
-// rates (fairness).
+// BenchmarkLongPathCalls measures 64 B calls on a 50 ms round trip (and
+// on loopback), alone and beside two bulk streams on the same connection,
+// and the two streams' rates (fairness).
 func BenchmarkLongPathCalls(b *testing.B) {
-	b.Run("unlimited", func(b *testing.B) { benchCallsBesideBulk(b, 0) })
-	b.Run("100MiBps", func(b *testing.B) { benchCallsBesideBulk(b, 100<<20) })
+	b.Run("loopback", func(b *testing.B) { benchCallsBesideBulk(b, partition.Link{}) })
+	b.Run("unlimited", func(b *testing.B) { benchCallsBesideBulk(b, partition.Link{Delay: 25 * time.Millisecond}) })
+	b.Run("100MiBps", func(b *testing.B) {
+		benchCallsBesideBulk(b, partition.Link{Delay: 25 * time.Millisecond, Rate: 100 << 20})
+	})
 }
 
-func benchCallsBesideBulk(b *testing.B, rate int64) {
+func benchCallsBesideBulk(b *testing.B, link partition.Link) {
 	for b.Loop() {
-		client, server := tetherOverLink(b, partition.Link{Delay: 25 * time.Millisecond, Rate: rate}, drainMux())
+		client, server := tetherOverLink(b, link, drainMux())
+		size, settle := int64(256<<20), 300*time.Millisecond // past the windows' first growth
+		if link.Delay == 0 {
+			size, settle = 2<<30, 20*time.Millisecond
+		}
 		calls := func(n int) []time.Duration {
 			lat := make([]time.Duration, 0, n)
 			for range n {
@@ -267,13 +274,13 @@ func benchCallsBesideBulk(b *testing.B, rate int64) {
 				}
 				defer s.Close()
 				start := time.Now()
-				if err := upload(s, s, s.CloseWrite, 256<<20); err != nil {
+				if err := upload(s, s, s.CloseWrite, size); err != nil {
 					b.Error(err)
 				}
-				rates[i] = float64(256<<20) / time.Since(start).Seconds() / (1 << 20)
+				rates[i] = float64(size) / time.Since(start).Seconds() / (1 << 20)
 			})
 		}
-		time.Sleep(300 * time.Millisecond) // past the windows' first growth
+		time.Sleep(settle)
 		var busy []time.Duration
 		var mu sync.Mutex
 		var callers sync.WaitGroup

@@ -23,31 +23,43 @@ import (
 //
 //	cd bench && go test -run '^$' -bench 'LongPath' -benchtime 1x
 
-// paths are the round trips measured: loopback (no proxy), 50 ms, 200 ms.
+// paths are the links measured: loopback (no proxy); 50 ms and 200 ms
+// round trips with no rate limit and a queue large enough for 1 GiB/s, so
+// the link carries what the endpoints allow; and an ocean on a 200 Mbit/s
+// link: a 300-360 ms round trip (30 ms of jitter each way), 25 MiB/s, and
+// the Link's default queue (two round trips of data), as a router's.
 var paths = []struct {
-	name   string
-	oneWay time.Duration
-}{{"loopback", 0}, {"rtt50ms", 25 * time.Millisecond}, {"rtt200ms", 100 * time.Millisecond}}
+	name string
+	link partition.Link
+}{
+	{"loopback", partition.Link{}},
+	{"rtt50ms", unlimited(25 * time.Millisecond)},
+	{"rtt200ms", unlimited(100 * time.Millisecond)},
+	{"rtt300ms-25MiBps", partition.Link{Delay: 150 * time.Millisecond, Jitter: 30 * time.Millisecond, Rate: 25 << 20}},
+}
+
+// unlimited is a link of oneWay delay each way with no rate limit.
+func unlimited(oneWay time.Duration) partition.Link {
+	return partition.Link{Delay: oneWay, Queue: int(2 * oneWay.Seconds() * (1 << 30))}
+}
 
 // streamSize is what one stream carries per benchmark op: enough for a
 // tuned window to reach its rate and hold it for a while.
-func streamSize(oneWay time.Duration, system string) int64 {
+func streamSize(l partition.Link, system string) int64 {
 	switch {
-	case oneWay == 0:
+	case l.Delay == 0:
 		return 256 << 20
 	case system == "yamux": // 256 KiB per round trip: keep it under 15 s
-		return int64(float64(10<<20) * float64(50*time.Millisecond) / float64(2*oneWay))
+		return int64(float64(10<<20) * float64(50*time.Millisecond) / float64(2*l.Delay))
 	default:
 		return 128 << 20
 	}
 }
 
 // linked returns the address to dial for target: target itself on
-// loopback, else a proxy with the given delay each way (no rate limit;
-// a queue large enough for 1 GiB/s, so the link carries what the
-// endpoints allow).
-func linked(tb testing.TB, target string, oneWay time.Duration) string {
-	if oneWay == 0 {
+// loopback, else a proxy's carrying it over l each way.
+func linked(tb testing.TB, target string, l partition.Link) string {
+	if l == (partition.Link{}) {
 		return target
 	}
 	p, err := partition.NewProxy(target)
@@ -55,7 +67,6 @@ func linked(tb testing.TB, target string, oneWay time.Duration) string {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { p.Close() })
-	l := partition.Link{Delay: oneWay, Queue: int(2 * oneWay.Seconds() * (1 << 30))}
 	p.SetLink(l, l)
 	return p.Addr()
 }
@@ -107,10 +118,10 @@ func drainAck(rw io.ReadWriter) {
 func BenchmarkLongPath(b *testing.B) {
 	for _, path := range paths {
 		b.Run(path.name+"/tcp", func(b *testing.B) {
-			size := streamSize(path.oneWay, "tcp")
+			size := streamSize(path.link, "tcp")
 			b.SetBytes(size)
 			for b.Loop() {
-				addr := linked(b, sink(b, func(c net.Conn) { drainAck(c); c.Close() }), path.oneWay)
+				addr := linked(b, sink(b, func(c net.Conn) { drainAck(c); c.Close() }), path.link)
 				c, err := net.Dial("tcp", addr)
 				if err != nil {
 					b.Fatal(err)
@@ -122,7 +133,7 @@ func BenchmarkLongPath(b *testing.B) {
 			}
 		})
 		b.Run(path.name+"/yamux", func(b *testing.B) {
-			size := streamSize(path.oneWay, "yamux")
+			size := streamSize(path.link, "yamux")
 			b.SetBytes(size)
 			for b.Loop() {
 				addr := linked(b, sink(b, func(c net.Conn) {
@@ -135,7 +146,7 @@ func BenchmarkLongPath(b *testing.B) {
 						drainAck(st)
 						st.Close()
 					}
-				}), path.oneWay)
+				}), path.link)
 				c, err := net.Dial("tcp", addr)
 				if err != nil {
 					b.Fatal(err)
@@ -152,11 +163,11 @@ func BenchmarkLongPath(b *testing.B) {
 			}
 		})
 		b.Run(path.name+"/tether", func(b *testing.B) {
-			size := streamSize(path.oneWay, "tether")
+			size := streamSize(path.link, "tether")
 			b.SetBytes(size)
 			var grown uint64
 			for b.Loop() {
-				client, server := tetherOver(b, path.oneWay, drainMux())
+				client, server := tetherOverLink(b, path.link, drainMux())
 				s, err := client.OpenStream(context.Background(), "drain")
 				if err != nil {
 					b.Fatal(err)
@@ -183,16 +194,8 @@ func drainMux() *rpc.Mux {
 	return m
 }
 
-// tetherOver connects a pair of rpc.Conns through a link of oneWay delay
-// each way; the server serves mux.
-func tetherOver(tb testing.TB, oneWay time.Duration, mux *rpc.Mux) (client, server *rpc.Conn) {
-	if oneWay == 0 {
-		return tetherOverLink(tb, partition.Link{}, mux)
-	}
-	return tetherOverLink(tb, partition.Link{Delay: oneWay, Queue: int(2 * oneWay.Seconds() * (1 << 30))}, mux)
-}
-
-// tetherOverLink is tetherOver through a link of any shape (none if zero).
+// tetherOverLink connects a pair of rpc.Conns through l each way (none
+// if zero); the server serves mux.
 func tetherOverLink(tb testing.TB, l partition.Link, mux *rpc.Mux) (client, server *rpc.Conn) {
 	conns := make(chan net.Conn, 1)
 	addr := sink(tb, func(c net.Conn) { conns <- c })
@@ -337,7 +340,7 @@ func BenchmarkManyUploads(b *testing.B) {
 		var clients []*rpc.Conn
 		for range peers {
 			conns := make(chan net.Conn, 1)
-			addr := linked(b, sink(b, func(c net.Conn) { conns <- c }), 25*time.Millisecond)
+			addr := linked(b, sink(b, func(c net.Conn) { conns <- c }), unlimited(25*time.Millisecond))
 			cc, err := net.Dial("tcp", addr)
 			if err != nil {
 				b.Fatal(err)

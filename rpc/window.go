@@ -28,17 +28,28 @@ import (
 //
 // Tuning, per stream: it starts at the protocol's 256 KiB. Each time its
 // reader has consumed one window, the time that took is compared with the
-// connection's round trip (the handshake's, then probes'). Under 1.2 round
+// connection's round trip (the handshake's, then probes'). Under 1.3 round
 // trips, the window limits the stream (a window per round trip is all it
 // can carry) and it grows, up to Config.MaxStreamWindow and only while the
 // connection's and the node's budgets have room: it doubles until it first
 // outgrows the path, then grows by quarters, so that an overshoot queues a
-// quarter of a window at most. Over 1.5 round trips,
-// the window outgrew what the stream moves: the excess waits in a queue
-// somewhere on the path (and every call behind it waits too) or in this
-// side's buffers, so the window shrinks to what the stream consumes in 1.2
-// round trips, halving at most. A stream so settles a little above its
-// bandwidth-delay product, and a slow or idle one gives its budget back.
+// quarter of a window at most. Over 1.6 round trips, the window outgrew
+// what the stream moves: the excess waits in a queue somewhere on the path
+// (and every call behind it waits too) or in this side's buffers, so the
+// window shrinks to what the stream consumes in 1.2 round trips, halving
+// at most. A stream so settles a little above its bandwidth-delay product,
+// and a slow or idle one gives its budget back.
+//
+// Even a stream that the window alone limits takes more than a round trip
+// per window: credit held back until it is worth sending (releaseShare)
+// is not the sender's yet, a rate-limited link spreads the window's data
+// over its sending time, and jitter lengthens some round trips past the
+// least one measured. Credit goes back in eighths of the window and the
+// bound is 1.3, so such a stream grows; with quarters and 1.2, a stream on
+// a 200 Mbit/s path of 300 ms stopped at 4 MiB and moved 9 MiB/s of the
+// 25. Higher bounds fill more of a rate-limited path, but leave a standing
+// queue in its router that calls wait in (1.4 and 1.7: calls' p99 on that
+// path up to 440 ms longer); see BENCHMARKS.md, long paths.
 type windows struct {
 	// send writes one frame at a frame boundary (see wireConn.sendFrame).
 	send func(hdr []byte) error
@@ -75,15 +86,16 @@ const (
 	// protocol.
 	initialWindow = 256 << 10
 	// releaseShare: held-back credit is sent once it reaches this share of
-	// the window, so updates are few and the sender never waits on a
-	// sliver. (yamux sends at half, which can leave half a window unsent
-	// for a round trip: see BENCHMARKS.md, long paths.)
-	releaseShare = 4
+	// the window, so updates are few (eight a window) and the sender
+	// never waits on a sliver, while little of the window sits
+	// unreleased. (yamux sends at half, which can leave half a
+	// window unsent for a round trip: see BENCHMARKS.md, long paths.)
+	releaseShare = 8
 	// growBelow and shrinkAbove, in tenths of a round trip, bound the time
 	// one window's worth of data may take to be consumed; a window too
 	// large shrinks to what is consumed in targetRTT (see windows).
-	growBelow   = 12 // tenths
-	shrinkAbove = 15 // tenths
+	growBelow   = 13 // tenths
+	shrinkAbove = 16 // tenths
 	targetRTT   = 12 // tenths
 )
 

@@ -39,7 +39,7 @@ import (
 const (
 	uploaders     = 100
 	uploadBudget  = 64 << 20
-	perConnSlack  = 256 << 10 // heap per connection beyond its windows: yamux, buffers, goroutines' heap
+	perConnSlack  = 320 << 10 // heap per connection past the budget: its stream's first window, never refused (256 KiB), and 64 KiB for yamux, buffers and goroutines
 	uploadersRole = "longpath uploaders"
 	envTarget     = "TETHER_LONGPATH_TARGET"
 	envPeers      = "TETHER_LONGPATH_PEERS"

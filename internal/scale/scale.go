@@ -27,8 +27,15 @@
 // Silencing needs a private network namespace (partition.Isolated or
 // partition.Reexec), root and iptables; without them Run measures the
 // rest and says why it did not silence. In such a namespace TuneNamespace
-// raises the limits that thousands of connections dialled at once meet. Every wait is bounded in time and
-// every loop in count; all traffic stays on loopback.
+// raises the limits that thousands of connections dialled at once meet.
+// Every wait is bounded in time and every loop in count; all traffic stays
+// on loopback.
+//
+// To see where the node's memory goes, set TETHER_SCALE_HEAPPROFILE to a
+// file name: Run writes the node's heap profile there after the idle
+// window, once memory is measured (go tool pprof -sample_index=inuse_space).
+// TETHER_SCALE_GOROUTINEPROFILE does the same for its goroutines, grouped
+// by stack.
 package scale
 
 import (
@@ -226,6 +233,7 @@ func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 		cfg.Logf("file limit: %v", err)
 	}
 
+	profileAllocations()
 	before := snapshot()
 	srv, err := sys.Serve()
 	if err != nil {
@@ -317,6 +325,7 @@ func Run(ctx context.Context, sys System, cfg Config) (res *Result, err error) {
 	res.BytesPerPeer = res.HeapPerPeer + res.StackPerPeer
 	res.GoroutinesPerPeer = float64(after.goroutines-before.goroutines) / n
 	res.IdleLost = countLost(srv, ports, nil)
+	writeProfiles(cfg.Logf)
 	cfg.Logf("%s: idle %.1f s: %.1f%% of a core, %.1f KiB and %.2f goroutines a peer, %d lost",
 		sys.Name(), res.IdleSec, 100*res.CPUCore, res.BytesPerPeer/1024, res.GoroutinesPerPeer, res.IdleLost)
 

@@ -95,6 +95,9 @@ func (c *Conn) Call(ctx context.Context, method string, args, reply any) error {
 	}
 	c.nextID++
 	id := c.nextID
+	if c.pending == nil {
+		c.pending = make(map[uint64]*call) // made by the first call: most idle peers never call
+	}
 	c.pending[id] = cl
 	c.mu.Unlock()
 

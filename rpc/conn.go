@@ -26,7 +26,7 @@ func init() { tetheropts.SetResumeConn((*Conn).resume) }
 type Conn struct {
 	cfg      *Config
 	remoteID string
-	remote   hello // the peer's limits
+	remote   limits // the peer's limits, from its hello
 	server   bool
 
 	wire *wireConn
@@ -40,7 +40,7 @@ type Conn struct {
 	// last read: requests awaiting an answer (see Outstanding).
 	streamsWaiting atomic.Int32
 	serving        map[uint64]*callCtx // the peer's calls and streams running here
-	probes         map[uint64]probe    // our pings awaiting a pong
+	probes         []probe             // our pings awaiting a pong, oldest first
 	nextID         uint64              // last call or stream ID issued
 	refused        int                 // calls refused over the limit since refusedSince
 	refusedSince   int64               // nanotime
@@ -52,21 +52,18 @@ type Conn struct {
 	done       chan struct{}
 	resumed    chan struct{} // closed when the connection may serve
 	resumeOnce sync.Once
-	ctx        context.Context // ends at death, with the *DeadError as cause
-	kill       context.CancelCauseFunc
-	failed     int // outstanding calls failed at death
+	afterFns   []*afterFn // what the connection's Context runs at death (see connCtx)
+	afterRan   bool       // they ran: done is closed
+	failed     int        // outstanding calls failed at death
 
 	wmu      sync.Mutex
 	ctlq, wq []outFrame // control frames go first
-	spareCtl []outFrame
-	spareQ   []outFrame
 	writing  bool       // the writer holds a batch
 	writerUp bool       // a writer goroutine runs
 	queued   int        // bytes queued and not yet written
 	drained  *sync.Cond // on wmu: the queue fell below half of its bound
 	wclosed  bool
 	wake     chan struct{} // 1-buffered: frames are queued
-	batch    []byte
 
 	wg  sync.WaitGroup // reader, acceptor, writer
 	acc acceptor       // runs a goroutine in Accept only while streams come
@@ -114,14 +111,11 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 	c := &Conn{
 		cfg:      cfg,
 		remoteID: remote.id,
-		remote:   *remote,
+		remote:   limits{maxMessage: remote.maxMessage, maxCalls: remote.maxCalls},
 		server:   server,
 		wire:     w,
 		sess:     sess,
 		ctrl:     ctrl,
-		pending:  make(map[uint64]*call),
-		serving:  make(map[uint64]*callCtx),
-		probes:   make(map[uint64]probe),
 		done:     make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		resumed:  make(chan struct{}),
@@ -131,16 +125,19 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 		c.resume()
 	}
 	c.base = context.WithValue(context.Background(), connKey{}, c)
-	c.ctx, c.kill = context.WithCancelCause(context.Background())
 	c.rd.cr = ctrlReader{src: ctrl, consumed: &c.rd.consumed, win: w.win}
-	c.rd.mu.Lock()
-	c.runReader()
-	c.rd.mu.Unlock()
 	arrived, start := c.streamArrived, c.startReader
 	w.onSYN.Store(&arrived)
 	w.onCtrl.Store(&start)
 	c.streamArrived() // for streams opened before onSYN was set
+	c.startReader()   // for control frames that came before onCtrl was set
 	return c
+}
+
+// limits are what the peer said in its hello that a connection keeps.
+type limits struct {
+	maxMessage uint32 // the largest payload the peer accepts
+	maxCalls   uint32 // how many concurrent calls it serves
 }
 
 type connKey struct{}
@@ -189,7 +186,7 @@ func (c *Conn) Err() error {
 // Context ends when the connection dies; context.Cause is then its
 // *DeadError. Use context.AfterFunc on it to learn of a death without a
 // goroutine per connection.
-func (c *Conn) Context() context.Context { return c.ctx }
+func (c *Conn) Context() context.Context { return connCtx{c} }
 
 // LastReceived is when the peer last showed life: a whole frame on the
 // control stream (a call, an answer, a probe's answer...), or another 4 KiB
@@ -293,7 +290,7 @@ func (c *Conn) abort(cause error, reset bool) int {
 		cc.cancel(context.Canceled)
 	}
 	close(c.done)
-	c.kill(c.dead)
+	c.runAfterFns()
 	c.wire.win.close()
 	c.stopAccepting()
 	c.stopReader()

@@ -2,12 +2,14 @@ package rpc
 
 import (
 	"context"
+	"slices"
 	"time"
 )
 
 type probe struct {
-	sent int64
-	fn   func(time.Duration)
+	nonce uint64
+	sent  int64
+	fn    func(time.Duration)
 }
 
 // Probe sends a liveness probe. fn gets the round trip when the answer
@@ -23,9 +25,9 @@ func (c *Conn) Probe(fn func(rtt time.Duration)) error {
 	}
 	c.probeID++
 	nonce := c.probeID
-	c.probes[nonce] = probe{sent: nanotime(), fn: fn}
+	c.probes = append(c.probes, probe{nonce: nonce, sent: nanotime(), fn: fn})
 	if len(c.probes) > maxProbes {
-		delete(c.probes, nonce-maxProbes) // forget the oldest unanswered
+		c.probes = slices.Delete(c.probes, 0, 1) // forget the oldest unanswered
 	}
 	c.mu.Unlock()
 	c.enqueue(outFrame{kind: kindPing, id: nonce}, true)
@@ -52,8 +54,15 @@ func (c *Conn) Ping(ctx context.Context) (time.Duration, error) {
 
 func (c *Conn) finishProbe(nonce uint64) error {
 	c.mu.Lock()
-	pr, ok := c.probes[nonce]
-	delete(c.probes, nonce)
+	var pr probe
+	i := slices.IndexFunc(c.probes, func(p probe) bool { return p.nonce == nonce })
+	ok := i >= 0
+	if ok {
+		pr = c.probes[i]
+		if c.probes = slices.Delete(c.probes, i, i+1); len(c.probes) == 0 {
+			c.probes = nil // an idle connection holds none
+		}
+	}
 	issued := c.probeID
 	c.mu.Unlock()
 	if !ok {

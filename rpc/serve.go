@@ -65,6 +65,9 @@ func (c *Conn) admit(id uint64, timeout time.Duration, cost int) (*callCtx, Code
 		return nil, CodeResourceExhausted, nil
 	}
 	cc := newCallCtx(c.base, timeout)
+	if c.serving == nil {
+		c.serving = make(map[uint64]*callCtx) // made by the first call served
+	}
 	c.serving[id] = cc
 	return cc, 0, nil
 }

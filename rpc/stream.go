@@ -172,14 +172,14 @@ func (c *Conn) acceptLoop() {
 	}
 	for {
 		seen := c.wire.syns.Load()
-		ctx, cancel := context.WithTimeout(c.ctx, acceptIdle)
+		ctx, cancel := context.WithTimeout(c.Context(), acceptIdle)
 		ys, err := c.sess.AcceptStreamWithContext(ctx)
 		cancel()
 		if err == nil {
 			go c.serveStream(ys)
 			continue
 		}
-		if !errors.Is(err, context.DeadlineExceeded) || c.ctx.Err() != nil {
+		if !errors.Is(err, context.DeadlineExceeded) || c.Context().Err() != nil {
 			return // the session is closed; the reader reports why
 		}
 		c.acc.mu.Lock()

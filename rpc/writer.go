@@ -64,6 +64,10 @@ func (c *Conn) writeLoop() {
 	defer c.wg.Done()
 	idle := time.NewTimer(writerIdle)
 	defer idle.Stop()
+	// The queues' spare slices and the batch buffer live while the writer
+	// does: an idle connection keeps none.
+	var spareCtl, spareQ []outFrame
+	var batch []byte
 	for {
 		for {
 			c.wmu.Lock()
@@ -74,10 +78,11 @@ func (c *Conn) writeLoop() {
 			}
 			c.writing = true
 			ctl, q := c.ctlq, c.wq
-			c.ctlq, c.wq = c.spareCtl[:0], c.spareQ[:0]
+			c.ctlq, c.wq = spareCtl[:0], spareQ[:0]
 			c.wmu.Unlock()
 
-			err := c.writeBatch(ctl, q)
+			var err error
+			batch, err = c.writeBatch(batch, ctl, q)
 			n := 0
 			for _, f := range ctl {
 				n += len(f.buf) + headerSize
@@ -89,7 +94,7 @@ func (c *Conn) writeLoop() {
 			clear(q)
 
 			c.wmu.Lock()
-			c.spareCtl, c.spareQ = ctl[:0], q[:0]
+			spareCtl, spareQ = ctl[:0], q[:0]
 			if c.queued -= n; c.queued <= c.cfg.MaxWriteQueue/2 {
 				c.drained.Broadcast()
 			}
@@ -107,7 +112,8 @@ func (c *Conn) writeLoop() {
 		case <-idle.C:
 			c.wmu.Lock()
 			if len(c.ctlq) == 0 && len(c.wq) == 0 {
-				c.writerUp = false // the next enqueue starts a writer
+				c.writerUp = false      // the next enqueue starts a writer
+				c.ctlq, c.wq = nil, nil // an idle connection keeps no queue
 				c.wmu.Unlock()
 				return
 			}
@@ -120,8 +126,10 @@ func (c *Conn) writeLoop() {
 // than copied into the batch.
 const directWrite = 32 << 10
 
-func (c *Conn) writeBatch(ctl, q []outFrame) error {
-	b := c.batch[:0]
+// writeBatch writes the frames of ctl, then those of q, copied into batch
+// (kept for the next batch if not too large, and returned).
+func (c *Conn) writeBatch(batch []byte, ctl, q []outFrame) ([]byte, error) {
+	b := batch[:0]
 	var sent []chan struct{}
 	for _, f := range ctl {
 		b = appendHeader(b, f.kind, len(f.buf), f.id)
@@ -146,28 +154,26 @@ func (c *Conn) writeBatch(ctl, q []outFrame) error {
 		}
 		if len(b) > 0 {
 			if _, err := c.ctrl.Write(b); err != nil {
-				return err
+				return b, err
 			}
 			b = b[:0]
 		}
 		if _, err := c.ctrl.Write(f.buf); err != nil {
-			return err
+			return b, err
 		}
 	}
 	if len(b) > 0 {
 		if _, err := c.ctrl.Write(b); err != nil {
-			return err
+			return b, err
 		}
 	}
-	if cap(b) <= 1<<20 {
-		c.batch = b[:0]
-	} else {
-		c.batch = nil
+	if cap(b) > 1<<20 {
+		b = nil
 	}
 	for _, s := range sent {
 		close(s)
 	}
-	return nil
+	return b[:0], nil
 }
 
 // transportCause explains why the transport failed, preferring what the

@@ -267,7 +267,9 @@ func (r *Result) compute(d runData) {
 	// Heal and reconnection.
 	if !at.heal.IsZero() {
 		r.add(since(at.heal), "heal", fmt.Sprintf("heal: %s's packets flow again (undoing the silence took %.1f ms)", victim, ms(at.heal.Sub(at.healing))))
-		if back, ok := find(d.events, peer.Connected, victim, at.heal); ok && evicted {
+		// A redial may complete while the rules are being removed, just
+		// before the heal is stamped: look from when the heal began.
+		if back, ok := find(d.events, peer.Connected, victim, at.healing); ok && evicted {
 			r.Reconnected = true
 			r.ReconnectMS = ptr(ms(back.Time.Sub(at.heal)))
 			r.add(since(back.Time), "reconnect", fmt.Sprintf("%s reconnected %.0f ms after the heal (peer.Registry.Keep, with backoff)", victim, *r.ReconnectMS))

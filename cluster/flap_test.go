@@ -17,6 +17,7 @@ import (
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/cluster"
 	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttgossip"
 	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
@@ -104,7 +105,7 @@ func TestGossipFlapDoesNotChurnTether(t *testing.T) {
 	var ms []*member
 	var flaky []*flakyTransport
 	for i := range 5 {
-		mc := testGossip()
+		mc := ttgossip.Config()
 		var ft *flakyTransport
 		if i < 2 {
 			ft = newFlakyTransport(t)

@@ -9,11 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/memberlist"
-
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/cluster"
 	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttgossip"
 	"github.com/tetherrpc/tether/internal/ttest/ttnode"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
@@ -21,27 +20,6 @@ import (
 
 // secret is the test clusters' key.
 var secret = []byte("0123456789abcdef")
-
-// testGossip is memberlist tuned for loopback tests: probes every 250 ms
-// (twice that under the race detector), so that a member is declared dead
-// within a few seconds.
-func testGossip() *memberlist.Config {
-	slow := time.Duration(1)
-	if ttest.Race {
-		slow = 2
-	}
-	mc := memberlist.DefaultLocalConfig()
-	mc.ProbeInterval = slow * 250 * time.Millisecond
-	mc.ProbeTimeout = slow * 125 * time.Millisecond
-	mc.GossipInterval = 50 * time.Millisecond
-	mc.PushPullInterval = 2 * time.Second
-	mc.SuspicionMult = 3
-	mc.IndirectChecks = 3 // DefaultLANConfig's: a member reached through three others
-	mc.RetransmitMult = 4 // DefaultLANConfig's: with DefaultLocalConfig's 2, news of a join misses a member now and then
-	mc.TCPTimeout = slow * time.Second
-	mc.GossipToTheDeadTime = 2 * time.Second
-	return mc
-}
 
 // member is one node of a test cluster.
 type member struct {
@@ -85,7 +63,7 @@ func startAsAt(t *testing.T, addr string, cert tls.Certificate, cfg cluster.Conf
 	m.n.Handle("echo", rpc.Func(ttnode.Echo))
 	cfg.BindAddr, cfg.Secret, cfg.Gate = "127.0.0.1:0", secret, m.gate
 	if cfg.Memberlist == nil {
-		cfg.Memberlist = testGossip()
+		cfg.Memberlist = ttgossip.Config()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), ttest.Scaled(10*time.Second))
 	defer cancel()

@@ -14,10 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/memberlist"
 	"go.uber.org/goleak"
 
-	"github.com/tetherrpc/tether/internal/ttest"
+	"github.com/tetherrpc/tether/internal/ttest/ttgossip"
 	"github.com/tetherrpc/tether/liveness"
 	"github.com/tetherrpc/tether/partition"
 	"github.com/tetherrpc/tether/peer"
@@ -244,29 +243,6 @@ func TestFlags(t *testing.T) {
 	}
 }
 
-// testGossip is memberlist's configuration for one machine (as main uses
-// on loopback) with probes every 250 ms (twice that under the race
-// detector), as package cluster's tests tune it: a probe under way when a
-// node closes outlives the close by up to a probe interval, and goleak
-// waits only so long.
-func testGossip() *memberlist.Config {
-	slow := time.Duration(1)
-	if ttest.Race {
-		slow = 2
-	}
-	mc := memberlist.DefaultLocalConfig()
-	mc.ProbeInterval = slow * 250 * time.Millisecond
-	mc.ProbeTimeout = slow * 125 * time.Millisecond
-	mc.GossipInterval = 50 * time.Millisecond
-	mc.PushPullInterval = 2 * time.Second
-	mc.SuspicionMult = 3
-	mc.IndirectChecks = 3
-	mc.RetransmitMult = 4 // with DefaultLocalConfig's 2, news of a join misses a member now and then
-	mc.TCPTimeout = slow * time.Second
-	mc.GossipToTheDeadTime = 2 * time.Second
-	return mc
-}
-
 // proxyDialer dials every address through a proxy of its own on loopback,
 // made at the first dial, so that all of a node's outgoing connections use
 // the proxies' ports.
@@ -384,7 +360,7 @@ func (c *group) startWith(t *testing.T, name, id string, dial func(context.Conte
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	g, err := start(ctx, config{listen: "127.0.0.1:0", gossip: "127.0.0.1:0", seeds: seeds, name: name,
-		out: n.out, events: n.out, notify: n.add, memberlist: testGossip(), dial: dial, id: id})
+		out: n.out, events: n.out, notify: n.add, memberlist: ttgossip.Config(), dial: dial, id: id})
 	if err != nil {
 		t.Fatal(err)
 	}

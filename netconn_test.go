@@ -196,17 +196,7 @@ func TestListenerClose(t *testing.T) {
 	if err, ok := ttest.Within(accepted, ttest.Scaled(5*time.Second)); !ok || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Accept on a closed listener: %v", err)
 	}
-	// A stream opened to the closed service is refused (ErrUnknownMethod,
-	// where the node's mux forgets the service), or ends at once.
-	if c, err := a.DialConn(context.Background(), b.Addr().String(), "svc"); err == nil {
-		c.SetReadDeadline(time.Now().Add(ttest.Scaled(5 * time.Second)))
-		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-			t.Fatalf("a stream opened to a closed service read %v, want io.EOF", err)
-		}
-		c.Close()
-	} else if !errors.Is(err, rpc.ErrUnknownMethod) {
-		t.Fatalf("DialConn to a closed service: %v", err)
-	}
+	refused(t, a, b, "svc")
 	if _, err := client.Write([]byte("ok")); err != nil {
 		t.Fatal(err)
 	}
@@ -391,14 +381,25 @@ func TestListenerTakeover(t *testing.T) {
 	first.Close()
 	dialAccept(t, a, b, second, "svc")
 	second.Close()
-	if c, err := a.DialConn(context.Background(), b.Addr().String(), "svc"); err == nil {
-		c.SetReadDeadline(time.Now().Add(ttest.Scaled(5 * time.Second)))
-		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-			t.Fatalf("a stream opened to a closed service read %v, want io.EOF", err)
+	refused(t, a, b, "svc")
+}
+
+// refused checks that a stream a opens to b's closed service is refused
+// (ErrUnknownMethod, where the node's mux forgets the service), or ends at
+// once.
+func refused(t *testing.T, a, b *tether.Node, service string) {
+	t.Helper()
+	c, err := a.DialConn(context.Background(), b.Addr().String(), service)
+	if err != nil {
+		if !errors.Is(err, rpc.ErrUnknownMethod) {
+			t.Fatalf("DialConn to a closed service: %v", err)
 		}
-		c.Close()
-	} else if !errors.Is(err, rpc.ErrUnknownMethod) {
-		t.Fatalf("DialConn once both listeners closed: %v", err)
+		return
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(ttest.Scaled(5 * time.Second)))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a stream opened to a closed service read %v, want io.EOF", err)
 	}
 }
 

@@ -41,7 +41,7 @@ func newMetrics() *metrics {
 			Buckets: latencyBuckets,
 		}, []string{"method"}),
 		probeRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "tether_probe_rtt_seconds", Help: "Round trips of liveness probes, answered by peers' dispatchers.",
+			Name: "tether_probe_rtt_seconds", Help: "Round trips of liveness probes, answered by peers' processes.",
 			Buckets: latencyBuckets,
 		}),
 		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{

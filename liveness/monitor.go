@@ -12,8 +12,9 @@ type Target interface {
 	// LastReceived is when bytes last arrived: any inbound traffic is
 	// evidence of life.
 	LastReceived() time.Time
-	// Probe sends a probe that the peer's dispatcher answers; fn gets the
-	// round trip when the answer arrives, and must not block.
+	// Probe sends a probe that the peer's process answers (not its
+	// kernel); fn gets the round trip when the answer arrives, and must not
+	// block.
 	Probe(fn func(rtt time.Duration)) error
 }
 

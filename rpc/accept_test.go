@@ -38,7 +38,7 @@ func TestFrameScannerCountsSYNs(t *testing.T) {
 		syns := 0
 		for p := stream; len(p) > 0; {
 			k := min(chunk, len(p))
-			syns += f.scan(p[:k]).syns
+			syns += f.scan(p[:k], func(uint32) {}).syns
 			p = p[k:]
 		}
 		if syns != 2 || f.n != 0 || f.skip != 0 {

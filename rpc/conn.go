@@ -44,7 +44,7 @@ type Conn struct {
 	nextID         uint64              // last call or stream ID issued
 	refused        int                 // calls refused over the limit since refusedSince
 	refusedSince   int64               // nanotime
-	probeID        uint64              // last ping nonce issued
+	probeID        uint32              // last probe nonce issued
 	dead           *DeadError
 
 	closed     atomic.Bool
@@ -127,6 +127,8 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 	c.base = context.WithValue(context.Background(), connKey{}, c)
 	c.rd.cr = ctrlReader{src: ctrl, consumed: &c.rd.consumed, win: w.win}
 	arrived, start := c.streamArrived, c.startReader
+	pong := c.finishProbe
+	w.onPong.Store(&pong)
 	w.onSYN.Store(&arrived)
 	w.onCtrl.Store(&start)
 	c.streamArrived() // for streams opened before onSYN was set

@@ -22,25 +22,28 @@ const (
 type kind uint8
 
 const (
-	kindRequest    kind = 1 // a call: timeout, method, arguments
-	kindResponse   kind = 2 // a call's reply
-	kindError      kind = 3 // a call's failure: code, message
-	kindCancel     kind = 4 // the caller gave up on call id
-	kindPing       kind = 5 // a liveness probe; id is a nonce
-	kindPong       kind = 6 // the answer to a ping, same nonce
+	kindRequest  kind = 1 // a call: timeout, method, arguments
+	kindResponse kind = 2 // a call's reply
+	kindError    kind = 3 // a call's failure: code, message
+	kindCancel   kind = 4 // the caller gave up on call id
+	// 5 and 6 were ping and pong in version 1: probes are yamux pings now.
 	kindGoAway     kind = 7 // the sender is leaving; payload is the reason
 	kindStreamOpen kind = 8 // first frame of a bulk stream: timeout, method
 	kindMax        kind = kindStreamOpen
+
+	// kindProbe is no frame of the control stream: a probe queued for the
+	// writer, which writes it as a yamux ping (see Conn.Probe).
+	kindProbe kind = 0xff
 )
 
 var kindNames = [...]string{
 	kindRequest: "request", kindResponse: "response", kindError: "error",
-	kindCancel: "cancel", kindPing: "ping", kindPong: "pong",
+	kindCancel: "cancel",
 	kindGoAway: "goaway", kindStreamOpen: "stream-open",
 }
 
 func (k kind) String() string {
-	if k >= 1 && k <= kindMax {
+	if k >= 1 && k <= kindMax && kindNames[k] != "" {
 		return kindNames[k]
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
@@ -76,7 +79,7 @@ func parseHeader(b []byte, maxPayload int) (header, error) {
 		length: binary.BigEndian.Uint32(b[4:8]),
 		id:     binary.BigEndian.Uint64(b[8:16]),
 	}
-	if h.kind < 1 || h.kind > kindMax {
+	if h.kind < 1 || h.kind > kindMax || kindNames[h.kind] == "" {
 		return h, violation("unknown frame kind %d", b[0])
 	}
 	if b[1] != 0 || b[2] != 0 || b[3] != 0 {
@@ -92,7 +95,7 @@ func parseHeader(b []byte, maxPayload int) (header, error) {
 		limit = 2 + maxErrorMessage
 	case kindGoAway:
 		limit = maxErrorMessage
-	default: // cancel, ping, pong carry nothing
+	default: // cancel carries nothing
 		limit = 0
 	}
 	if int64(h.length) > int64(limit) {

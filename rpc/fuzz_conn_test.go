@@ -153,7 +153,7 @@ func FuzzConn(f *testing.F) {
 	bulk := func(frames ...[]byte) []byte { return append([]byte{2}, bytes.Join(frames, nil)...) }
 	f.Add(ctrl(appendRequest(nil, kindRequest, 1, time.Second, "echo", []byte("hi"))))
 	f.Add(ctrl(appendRequest(nil, kindRequest, 1, 0, "hold", nil), appendHeader(nil, kindCancel, 0, 1)))
-	f.Add(ctrl(appendHeader(nil, kindPing, 0, 9), appendHeader(nil, kindPong, 0, 1)))
+	f.Add(ctrl(appendHeader(nil, 5, 0, 9), appendHeader(nil, 6, 0, 1))) // version 1's ping and pong
 	f.Add(ctrl(appendHeader(nil, kindResponse, 0, 7)))
 	f.Add(ctrl(append(appendHeader(nil, kindGoAway, 3, 0), "bye"...)))
 	f.Add(ctrl(appendError(nil, 1, CodeApplication, "no")))

@@ -17,7 +17,7 @@ func FuzzFrames(f *testing.F) {
 	f.Add(appendRequest(nil, kindStreamOpen, 2, 0, "share.upload", nil))
 	f.Add(append(appendHeader(nil, kindResponse, 3, 1), "abc"...))
 	f.Add(appendError(nil, 4, CodeUnknownMethod, "no handler"))
-	f.Add(appendHeader(appendHeader(nil, kindPing, 0, 9), kindCancel, 0, 1))
+	f.Add(appendHeader(appendHeader(nil, kindCancel, 0, 9), kindCancel, 0, 1))
 	f.Add(append(appendHeader(nil, kindGoAway, 6, 0), "closed"...))
 	f.Add([]byte{42, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1})
 	const limit = 1 << 16

@@ -15,7 +15,7 @@ import (
 // and the acceptor answers with its own hello or with a refusal.
 
 // ProtocolVersion is the version of the wire format this package speaks.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 const (
 	helloMagic   = "TTHR"

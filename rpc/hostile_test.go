@@ -102,7 +102,7 @@ func TestWrongProtocolVersion(t *testing.T) {
 	defer sn.Close()
 	go func() {
 		readHello(sn)
-		sn.Write((&hello{version: 2, maxMessage: 1, maxCalls: 1, id: "future"}).marshal())
+		sn.Write((&hello{version: ProtocolVersion + 1, maxMessage: 1, maxCalls: 1, id: "future"}).marshal())
 	}()
 	_, err = Client(context.Background(), cn, nil)
 	if !errors.Is(err, ErrIncompatible) || !errors.Is(err, ErrHandshake) {
@@ -156,7 +156,7 @@ func TestBadFramesCloseThatConnectionOnly(t *testing.T) {
 		{"short request", append(appendHeader(nil, kindRequest, 3, 1), 1, 2, 3), true, "shorter than"},
 		{"cancel with payload", appendHeader(nil, kindCancel, 1, 1), true, "exceeds the limit of 0"},
 		{"answer to no call", appendHeader(nil, kindResponse, 0, 7), true, "never made"},
-		{"pong to no ping", appendHeader(nil, kindPong, 0, 7), true, "ping never sent"},
+		{"version 1's pong", appendHeader(nil, 6, 0, 7), true, "unknown frame kind 6"},
 		{"stream-open on control", appendRequest(nil, kindStreamOpen, 1, 0, "x", nil), true, "stream-open frame on the control stream"},
 		{"truncated", append(appendHeader(nil, kindResponse, 100, 1), 1, 2, 3, 4), false, "closed by the peer"},
 	}
@@ -211,5 +211,58 @@ func TestBadStreamOpen(t *testing.T) {
 	}
 	if err := good.Call(context.Background(), "nope", nil, nil); !errors.Is(err, ErrUnknownMethod) {
 		t.Fatalf("other peer: %v", err)
+	}
+}
+
+// A frame must arrive at minFrameRate or faster, after a grace of the
+// handshake timeout: one trickled slower is a protocol violation (its yamux
+// answers probes, so liveness would not catch it), and one that arrives
+// slowly but at that rate is served.
+func TestTrickledFrame(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	cfg := &Config{Mux: echoMux(), HandshakeTimeout: grace}
+
+	ctrl, server, _ := rawClient(t, cfg)
+	frame := appendRequest(nil, kindRequest, 1, 0, "echo", make([]byte, 64))
+	ctrl.Write(frame[:headerSize+1])
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a byte every 100 ms: 10 B/s
+		for _, b := range frame[headerSize+1:] {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if _, err := ctrl.Write([]byte{b}); err != nil {
+				return
+			}
+		}
+	}()
+	t0 := time.Now()
+	within(t, 5*time.Second, server.Done(), "the trickler's connection to die")
+	if err := server.Err(); !errors.Is(err, ErrProtocolViolation) || !strings.Contains(err.Error(), "trickles") {
+		t.Fatalf("cause %v; want a violation saying the peer trickles", err)
+	}
+	if took := time.Since(t0); took < grace {
+		t.Fatalf("cut off after %v, before the grace of %v", took, grace)
+	}
+
+	// 12 KiB in 1 KiB pieces every 100 ms: 10 KiB/s, over 1.1 s, where its
+	// deadline is 0.3 s + 3 s.
+	slowCtrl, slowServer, _ := rawClient(t, cfg)
+	slow := appendRequest(nil, kindRequest, 1, 0, "echo", make([]byte, 12<<10))
+	for len(slow) > 0 {
+		k := min(len(slow), 1<<10)
+		if _, err := slowCtrl.Write(slow[:k]); err != nil {
+			t.Fatal(err)
+		}
+		slow = slow[k:]
+		time.Sleep(100 * time.Millisecond) // the pace of the sender, not synchronisation
+	}
+	var h [headerSize]byte
+	slowCtrl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(slowCtrl, h[:]); err != nil || kind(h[0]) != kindResponse {
+		t.Fatalf("no answer to a slow frame: % x, %v (connection: %v)", h, err, slowServer.Err())
 	}
 }

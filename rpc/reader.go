@@ -24,8 +24,9 @@ type reader struct {
 	closed  bool        // the connection is dead: start no reader
 	timer   *time.Timer // parks the reader once the control stream is idle
 
-	consumed atomic.Uint64 // control-stream bytes read, against wireConn.ctrlIn
-	cr       ctrlReader    // kept across parkings (it holds nothing then)
+	consumed  atomic.Uint64 // control-stream bytes read, against wireConn.ctrlIn
+	lastFrame atomic.Int64  // nanotime of the last frame read, or of the start
+	cr        ctrlReader    // kept across parkings (it holds nothing then)
 }
 
 // parkAfter is how long the control stream must be quiet before its reader
@@ -52,6 +53,7 @@ func (c *Conn) startReader() {
 // runReader starts a reader goroutine. Under rd.mu.
 func (c *Conn) runReader() {
 	c.rd.running = true
+	c.rd.lastFrame.Store(nanotime())
 	c.wg.Add(1)
 	go c.readLoop()
 }
@@ -68,10 +70,10 @@ func (c *Conn) stopReader() {
 }
 
 // parkIfIdle runs on the park timer: it interrupts the reader's wait if the
-// connection has been quiet for parkAfter, and otherwise looks again when
-// it could be.
+// control stream has been quiet for parkAfter, and otherwise looks again
+// when it could be. (Probes do not count: they do not use the stream.)
 func (c *Conn) parkIfIdle() {
-	idle := time.Duration(nanotime() - c.wire.lastRecv.Load())
+	idle := time.Duration(nanotime() - c.rd.lastFrame.Load())
 	rd := &c.rd
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
@@ -110,25 +112,6 @@ func (c *Conn) park() bool {
 	return true
 }
 
-// parkAfterProbe parks the reader at once, without waiting parkAfter, after
-// a probe or its answer when nothing else is under way on the connection:
-// no call of ours awaits an answer and none of the peer's runs here. An
-// idle peer exchanges nothing else, and its reader, started for one probe,
-// would otherwise hold a goroutine and its stack for a second. That is the
-// cost of 10,000 idle peers whose probes cluster, as they do when the
-// peers have just connected (each is probed at once). A busy connection
-// keeps its reader, as calls are pending or served. Like park, it leaves
-// only with nothing buffered: what arrives later starts a new reader.
-func (c *Conn) parkAfterProbe() bool {
-	if c.rd.cr.r < c.rd.cr.w {
-		return false // frames already read from the stream: handle them first
-	}
-	c.mu.Lock()
-	busy := len(c.pending) > 0 || len(c.serving) > 0
-	c.mu.Unlock()
-	return !busy && c.park()
-}
-
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
 	select {
@@ -146,7 +129,7 @@ func (c *Conn) readLoop() {
 	var hbuf [headerSize]byte
 	for {
 		c.waitForRoom()
-		h, p, err := c.rd.cr.readFrame(hbuf[:], c.cfg.MaxMessageSize)
+		h, p, err := c.rd.cr.readFrame(hbuf[:], c.cfg.MaxMessageSize, c.cfg.HandshakeTimeout)
 		if err == errIdle {
 			if c.park() {
 				return
@@ -154,11 +137,10 @@ func (c *Conn) readLoop() {
 			continue
 		}
 		if err == nil {
-			c.wire.lastRecv.Store(nanotime()) // a whole frame: evidence of life
+			now := nanotime()
+			c.wire.lastRecv.Store(now) // a whole frame: evidence of life
+			c.rd.lastFrame.Store(now)
 			err = c.handleFrame(h, p)
-			if err == nil && (h.kind == kindPing || h.kind == kindPong) && c.parkAfterProbe() {
-				return
-			}
 		} else if !errors.Is(err, ErrProtocolViolation) {
 			err = c.transportCause(err)
 		}
@@ -187,13 +169,50 @@ const ctrlBufSize = 4 << 10
 
 var ctrlBufs = sync.Pool{New: func() any { b := make([]byte, ctrlBufSize); return &b }}
 
+// minFrameRate is the slowest a frame of the control stream may arrive,
+// in bytes a second, after a grace of the handshake timeout: a peer that
+// announces a frame and trickles it holds the frame's buffer (up to
+// MaxMessageSize) and the reader, so it must deliver. A live peer on the
+// slowest path delivers far faster: at this rate a 4 MiB frame may take
+// 17 minutes. (Probes do not catch a trickler: its yamux answers them.)
+const minFrameRate = 4 << 10
+
 // readFrame reads the next frame (see readFrame). It returns errIdle if
 // the wait for a frame was interrupted (the park timer set a deadline)
-// before any of it came; an interruption within a frame is ignored.
-func (cr *ctrlReader) readFrame(hbuf []byte, maxPayload int) (header, []byte, error) {
+// before any of it came; an interruption within a frame is ignored. A
+// frame that is not whole within grace plus its length at minFrameRate,
+// from its first byte, is a protocol violation.
+func (cr *ctrlReader) readFrame(hbuf []byte, maxPayload int, grace time.Duration) (header, []byte, error) {
+	var began, due time.Time // set once the frame has begun and a read may wait
+	defer func() {
+		if !due.IsZero() {
+			cr.src.SetReadDeadline(time.Time{})
+		}
+	}()
+	// wait sets the frame's deadline before a read that may block: one
+	// that asks for more than is buffered.
+	wait := func(length uint32, want int) {
+		if due.IsZero() && cr.w-cr.r < want {
+			began = time.Now()
+			due = began.Add(grace + time.Duration(length)*time.Second/minFrameRate)
+			cr.src.SetReadDeadline(due)
+		}
+	}
+	// stalled says whether a read's timeout is the frame's, rather than
+	// the park timer's (which is ignored within a frame).
+	stalled := func() bool {
+		if due.IsZero() || time.Now().Before(due) {
+			cr.src.SetReadDeadline(due)
+			return false
+		}
+		return true
+	}
 	n := 0
 	for n < headerSize {
 		cr.boundary = n == 0
+		if n > 0 {
+			wait(0, headerSize-n)
+		}
 		k, err := cr.Read(hbuf[n:headerSize])
 		n += k
 		switch {
@@ -201,7 +220,9 @@ func (cr *ctrlReader) readFrame(hbuf []byte, maxPayload int) (header, []byte, er
 		case errors.Is(err, yamux.ErrTimeout) && n == 0:
 			return header{}, nil, errIdle
 		case errors.Is(err, yamux.ErrTimeout):
-			cr.src.SetReadDeadline(time.Time{})
+			if stalled() {
+				return header{}, nil, violation("a frame header incomplete after %v: the peer trickles it", time.Since(began).Round(time.Millisecond))
+			}
 		case n > 0 && err == io.EOF:
 			return header{}, nil, io.ErrUnexpectedEOF
 		default:
@@ -214,12 +235,16 @@ func (cr *ctrlReader) readFrame(hbuf []byte, maxPayload int) (header, []byte, er
 	}
 	p := make([]byte, h.length)
 	for n = 0; n < len(p); {
+		wait(h.length, len(p)-n)
 		k, err := cr.Read(p[n:])
 		n += k
 		switch {
 		case err == nil:
 		case errors.Is(err, yamux.ErrTimeout):
-			cr.src.SetReadDeadline(time.Time{})
+			if stalled() {
+				return h, nil, violation("%v frame of %d bytes has %d after %v: the peer trickles it",
+					h.kind, h.length, n, time.Since(began).Round(time.Millisecond))
+			}
 		case err == io.EOF:
 			return h, nil, io.ErrUnexpectedEOF
 		default:

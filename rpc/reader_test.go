@@ -65,3 +65,34 @@ func TestParkedReaderSeesReset(t *testing.T) {
 	}
 	t.Logf("parked side: %v", server.Err())
 }
+
+// Probes do not hold a reader: it parks parkAfter after the last frame on
+// the control stream, however often the connection is probed meanwhile.
+func TestProbesDoNotHoldTheReader(t *testing.T) {
+	client, server := pair(t, "tcp", nil, &Config{Mux: echoMux()})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var reply []byte
+	if err := client.Call(ctx, "echo", []byte("wake"), &reply); err != nil {
+		t.Fatal(err)
+	}
+	stop, probing := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(probing)
+		tick := time.NewTicker(parkAfter / 10)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				client.Ping(ctx)
+				server.Ping(ctx)
+			}
+		}
+	}()
+	waitParked(t, server)
+	waitParked(t, client)
+	close(stop)
+	<-probing
+}

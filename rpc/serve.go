@@ -23,10 +23,6 @@ func (c *Conn) handleFrame(h header, p []byte) error {
 		if cc != nil {
 			cc.abandon()
 		}
-	case kindPing:
-		c.enqueue(outFrame{kind: kindPong, id: h.id}, true)
-	case kindPong:
-		return c.finishProbe(h.id)
 	case kindGoAway:
 		return fmt.Errorf("%w: %q", ErrPeerLeft, p)
 	default:

@@ -44,6 +44,9 @@ type wireConn struct {
 	ctrlIn atomic.Uint64
 	ended  atomic.Bool
 	onCtrl atomic.Pointer[func()]
+	// onPong, once set, is told of each answer to one of our probes (a
+	// yamux ping's ACK, carrying the probe's nonce), on yamux's reader.
+	onPong atomic.Pointer[func(nonce uint32)]
 
 	errMu sync.Mutex
 	err   error // first transport error
@@ -57,6 +60,7 @@ type wireConn struct {
 	// Coalescing state, touched only by yamux's single send goroutine.
 	held bool
 	hdr  [yamuxHeaderSize]byte
+	uhdr [yamuxHeaderSize]byte // a window update, rewritten
 	wbuf []byte
 }
 
@@ -81,7 +85,10 @@ func (w *wireConn) Read(p []byte) (int, error) {
 			w.lastRecv.Store(nanotime())
 		}
 		w.recvd.Add(uint64(n))
-		sc := w.in.scan(p[:n])
+		sc := w.in.scan(p[:n], w.pong)
+		if sc.pings > 0 {
+			w.lastRecv.Store(nanotime()) // whole frames: evidence of life
+		}
 		if sc.syns > 0 {
 			w.syns.Add(uint64(sc.syns))
 			w.tell(&w.onSYN)
@@ -119,9 +126,40 @@ func (w *wireConn) tell(f *atomic.Pointer[func()]) {
 	}
 }
 
+func (w *wireConn) pong(nonce uint32) {
+	if fn := w.onPong.Load(); fn != nil {
+		(*fn)(nonce)
+	}
+}
+
+// ping writes a liveness probe: a yamux ping whose opaque value is nonce.
+// The peer's yamux answers it with an ACK carrying the same value, which
+// Read hands to onPong. (tether never uses yamux's own Ping, so the values
+// are all ours; yamux ignores an ACK it did not ask for.)
+func (w *wireConn) ping(nonce uint32) error {
+	var hdr [yamuxHeaderSize]byte
+	hdr[1] = yamuxTypePing
+	binary.BigEndian.PutUint16(hdr[2:4], yamuxFlagSYN)
+	binary.BigEndian.PutUint32(hdr[8:12], nonce)
+	return w.sendFrame(hdr[:])
+}
+
+// Write takes yamux's frames, from its one send goroutine. That goroutine
+// sleeps with the stack it grew, for as long as the connection lives: the
+// paths below keep their frames few and small, so that it never needs more
+// than the 2 KiB it starts with (see BENCHMARKS.md, memory per idle peer).
 func (w *wireConn) Write(p []byte) (int, error) {
 	if !w.held && len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == yamuxTypeWindow && w.win != nil {
-		return w.windowUpdate(p)
+		// One of yamux's window updates: passed on as the stream's tuned
+		// window allows (see windows.outbound), or dropped.
+		delta, send := w.win.outbound(binary.BigEndian.Uint32(p[4:8]), binary.BigEndian.Uint16(p[2:4]), binary.BigEndian.Uint32(p[8:12]))
+		if !send {
+			return len(p), nil
+		}
+		copy(w.uhdr[:], p)
+		binary.BigEndian.PutUint32(w.uhdr[8:12], delta)
+		w.lastSend.Store(nanotime())
+		return w.write(w.uhdr[:])
 	}
 	// A yamux data frame header (version 0, type 0) announcing a body: hold it.
 	if !w.held && len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == 0 && binary.BigEndian.Uint32(p[8:12]) > 0 {
@@ -135,7 +173,7 @@ func (w *wireConn) Write(p []byte) (int, error) {
 	}
 	w.held = false
 	if len(p) > coalesceMax {
-		return w.write(w.hdr[:], p)
+		return w.writeSplit(w.hdr[:], p)
 	}
 	w.wbuf = append(append(w.wbuf[:0], w.hdr[:]...), p...)
 	n, err := w.write(w.wbuf)
@@ -153,22 +191,6 @@ func (w *wireConn) Write(p []byte) (int, error) {
 // notes them (Conn.readLoop).
 const progressBytes = 4 << 10
 
-// windowUpdate passes on one of yamux's window updates as the stream's
-// tuned window allows (see windows.outbound), or drops it.
-func (w *wireConn) windowUpdate(p []byte) (int, error) {
-	id := binary.BigEndian.Uint32(p[4:8])
-	flags := binary.BigEndian.Uint16(p[2:4])
-	delta, send := w.win.outbound(id, flags, binary.BigEndian.Uint32(p[8:12]))
-	if !send {
-		return len(p), nil
-	}
-	var hdr [yamuxHeaderSize]byte
-	copy(hdr[:], p)
-	binary.BigEndian.PutUint32(hdr[8:12], delta)
-	w.lastSend.Store(nanotime())
-	return w.write(hdr[:])
-}
-
 // sendFrame writes a frame of the transport's own (a window update) between
 // yamux's frames. A data frame's header held back for coalescing has not
 // been written yet, so the transport is at a frame boundary whenever the
@@ -179,19 +201,28 @@ func (w *wireConn) sendFrame(hdr []byte) error {
 	return err
 }
 
-// write writes p, or a header and then its body, as one frame: nothing
-// else is written between them. It returns what it wrote of the last.
-func (w *wireConn) write(p []byte, body ...[]byte) (int, error) {
+// write writes p, a whole frame or a frame's body: yamux's, or one of the
+// transport's own. No defer: the send goroutine's stack stays small.
+func (w *wireConn) write(p []byte) (int, error) {
 	w.wmu.Lock()
-	defer w.wmu.Unlock()
 	n, err := w.Conn.Write(p)
-	for _, b := range body {
-		if err != nil {
-			n = 0
-			break
-		}
-		n, err = w.Conn.Write(b)
+	w.wmu.Unlock()
+	if err != nil {
+		w.noteErr(err)
 	}
+	return n, err
+}
+
+// writeSplit writes a header and its body as one frame: nothing else is
+// written between them. It returns what it wrote of the body.
+func (w *wireConn) writeSplit(hdr, body []byte) (int, error) {
+	w.wmu.Lock()
+	_, err := w.Conn.Write(hdr)
+	n := 0
+	if err == nil {
+		n, err = w.Conn.Write(body)
+	}
+	w.wmu.Unlock()
 	if err != nil {
 		w.noteErr(err)
 	}
@@ -214,8 +245,8 @@ func (w *wireConn) transportErr() error {
 }
 
 // frameScanner follows yamux's frame boundaries in the bytes read from the
-// transport, to see the peer open a stream (a SYN) before yamux queues it
-// for Accept. That lets a connection run no goroutine in Accept while no
+// transport, to see the answers to our probes, and to see the peer open a
+// stream (a SYN) before yamux queues it for Accept. That lets a connection run no goroutine in Accept while no
 // stream is opened, which is nearly always: an idle connection costs the
 // goroutines yamux needs and one reader, no more. Garbage makes it count
 // nonsense only until yamux, reading the same bytes, kills the session.
@@ -229,6 +260,7 @@ type frameScanner struct {
 const (
 	yamuxTypeData   = 0
 	yamuxTypeWindow = 1
+	yamuxTypePing   = 2
 	yamuxTypeGoAway = 3
 	yamuxFlagSYN    = 1
 	yamuxFlagACK    = 2
@@ -240,12 +272,14 @@ const (
 // scanned is what one read brought.
 type scanned struct {
 	syns      int    // streams opened
+	pings     int    // pings and their answers
 	ctrlBytes uint64 // bytes for the control stream
 	ctrlEnd   bool   // the control stream or the session ends
 }
 
-// scan passes over p and says what it brings.
-func (f *frameScanner) scan(p []byte) (s scanned) {
+// scan passes over p and says what it brings; each answer to a ping, it
+// hands to pong.
+func (f *frameScanner) scan(p []byte, pong func(nonce uint32)) (s scanned) {
 	for len(p) > 0 {
 		if f.skip > 0 {
 			k := uint32(min(len(p), int(min(f.skip, 1<<30))))
@@ -268,6 +302,11 @@ func (f *frameScanner) scan(p []byte) (s scanned) {
 		switch {
 		case typ == yamuxTypeGoAway:
 			s.ctrlEnd = true
+		case typ == yamuxTypePing:
+			s.pings++
+			if flags&yamuxFlagACK != 0 {
+				pong(length) // a ping's opaque value travels in the length field
+			}
 		case typ != yamuxTypeData && typ != yamuxTypeWindow:
 		case id == yamuxCtrlStream:
 			if typ == yamuxTypeData {

@@ -132,6 +132,12 @@ func (c *Conn) writeBatch(batch []byte, ctl, q []outFrame) ([]byte, error) {
 	b := batch[:0]
 	var sent []chan struct{}
 	for _, f := range ctl {
+		if f.kind == kindProbe {
+			if err := c.wire.ping(uint32(f.id)); err != nil {
+				return b, err
+			}
+			continue
+		}
 		b = appendHeader(b, f.kind, len(f.buf), f.id)
 		b = append(b, f.buf...)
 		if f.sent != nil {

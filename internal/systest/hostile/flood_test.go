@@ -203,7 +203,7 @@ func hostileConnect(addr, id string) (*yamux.Session, *yamux.Stream, error) {
 		return nil, nil, err
 	}
 	nc.SetDeadline(time.Now().Add(2 * time.Second))
-	nc.Write(encodeHello(1, 0, 4<<20, 1<<16, id))
+	nc.Write(encodeHello(rpc.ProtocolVersion, 0, 4<<20, 1<<16, id))
 	if h, err := readHello(nc); err != nil || h.status != 0 {
 		nc.Close()
 		return nil, nil, fmt.Errorf("hello %+v %v", h, err)
@@ -226,9 +226,10 @@ func hostileConnect(addr, id string) (*yamux.Session, *yamux.Stream, error) {
 	return sess, ctrl, nil
 }
 
-// answerProbes reads the control stream without allocating: it counts
-// refusals and answers pings, until the connection ends.
-func answerProbes(ctrl *yamux.Stream, wmu *sync.Mutex, refused *atomic.Int64) {
+// countRefusals reads the control stream without allocating and counts
+// refusals, until the connection ends. (The victim's probes are yamux
+// pings, which the flooder's yamux answers.)
+func countRefusals(ctrl *yamux.Stream, refused *atomic.Int64) {
 	br := bufio.NewReaderSize(ctrl, 64<<10)
 	var h [18]byte
 	for {
@@ -246,26 +247,18 @@ func answerProbes(ctrl *yamux.Stream, wmu *sync.Mutex, refused *atomic.Int64) {
 			n -= 2
 		}
 		br.Discard(n)
-		if h[0] == kindPing {
-			wmu.Lock()
-			ctrl.Write(encodeFrame(kindPong, binary.BigEndian.Uint64(h[8:16]), nil))
-			wmu.Unlock()
-		}
 	}
 }
 
 // floodCalls: 64 calls the victim admits and holds, then the same 64 KiB
 // of further calls over and over, all past the limit.
 func floodCalls(sess *yamux.Session, ctrl *yamux.Stream, stop <-chan struct{}, sent, refused *atomic.Int64, underWay func()) {
-	var wmu sync.Mutex // the writer and the pongs share the control stream
-	go answerProbes(ctrl, &wmu, refused)
+	go countRefusals(ctrl, refused)
 	var batch []byte
 	for id := uint64(1); id <= 64; id++ {
 		batch = append(batch, encodeRequest(kindRequest, id, 0, "hold", nil)...)
 	}
-	wmu.Lock()
 	ctrl.Write(batch)
-	wmu.Unlock()
 	sent.Add(64)
 	batch = batch[:0]
 	perBatch := int64(0)
@@ -279,10 +272,8 @@ func floodCalls(sess *yamux.Session, ctrl *yamux.Stream, stop <-chan struct{}, s
 			return
 		default:
 		}
-		wmu.Lock()
 		ctrl.SetWriteDeadline(time.Now().Add(time.Second))
 		_, err := ctrl.Write(batch)
-		wmu.Unlock()
 		if err != nil {
 			return // cut off, or pushed back: connect again
 		}
@@ -294,8 +285,7 @@ func floodCalls(sess *yamux.Session, ctrl *yamux.Stream, stop <-chan struct{}, s
 // floodStreams opens streams as fast as 256 goroutines can, each asking
 // for the "hold" stream handler.
 func floodStreams(sess *yamux.Session, ctrl *yamux.Stream, stop <-chan struct{}, sent, refused *atomic.Int64, underWay func()) {
-	var wmu sync.Mutex
-	go answerProbes(ctrl, &wmu, refused)
+	go countRefusals(ctrl, refused)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, 256)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,7 +116,7 @@ func TestHostileTrickleHello(t *testing.T) {
 	const timeout = 1500 * time.Millisecond
 	r := newRig(t, rpc.Config{HandshakeTimeout: timeout})
 	nc := dialRaw(t, r.v.Addr().String())
-	hello := encodeHello(1, 0, 1<<20, 16, "trickler")
+	hello := encodeHello(rpc.ProtocolVersion, 0, 1<<20, 16, "trickler")
 	go func() {
 		for _, b := range hello {
 			if _, err := nc.Write([]byte{b}); err != nil {
@@ -135,37 +136,44 @@ func TestHostileTrickleHello(t *testing.T) {
 	r.gWorks(t)
 }
 
-// A peer past the handshake that trickles a frame one byte a second, and
-// never answers a probe, gets a clear error on its connection: it is
-// evicted for missed heartbeats within the hang bound (a live peer answers
-// probes; one that only drips bytes is not one), and the others go on.
-// It drips either the bytes of one yamux frame (TCP level), or a tether
-// frame in yamux frames of one byte each.
+// A peer past the handshake that trickles a frame one byte a second gets a
+// clear error on its connection, and the others go on. Trickled at the TCP
+// level (the bytes of one yamux frame), it holds the victim's yamux reader
+// mid-frame: no probe answer can arrive, and it is evicted for missed
+// heartbeats within the hang bound (the drip is no evidence of life).
+// Trickled at the yamux level (a tether frame in yamux frames of one byte
+// each), its yamux answers probes, but the frame is not whole within the
+// handshake timeout: a protocol violation.
 func TestHostileTrickleAfterHandshake(t *testing.T) {
 	for _, level := range []string{"tcp", "yamux"} {
 		t.Run(level, func(t *testing.T) {
 			lc := liveness.Local() // hang bound 1 s
-			r := newRig(t, rpc.Config{}, tether.WithLiveness(lc))
-			h := connectRaw(t, dialRaw(t, r.v.Addr().String()), "trickler")
+			grace := ttest.Scaled(time.Second)
+			r := newRig(t, rpc.Config{HandshakeTimeout: grace}, tether.WithLiveness(lc))
+			nc := &mutedConn{Conn: dialRaw(t, r.v.Addr().String())}
+			h := connectRaw(t, nc, "trickler")
 			hv := r.vev.Next(t, peer.Connected, 5*time.Second).Peer
 			frame := encodeRequest(kindRequest, 1, 0, "echo", bytes.Repeat([]byte("x"), 64))
 			t0 := time.Now()
 			quit := make(chan struct{})
 			dripped := make(chan struct{})
 			defer func() { close(quit); <-dripped }()
+			var drip func([]byte) error
+			bound := lc.HangAfter + 2*time.Second
+			if level == "tcp" {
+				// The control stream is yamux stream 1; write its data frame
+				// by hand, under the session's nose, muted now so that it
+				// answers no probe in the middle of the frame.
+				nc.muted.Store(true)
+				frame = append(yamuxHeader(0, 0, 1, uint32(len(frame))), frame...)
+				drip = func(b []byte) error { _, err := nc.Conn.Write(b); return err }
+			} else {
+				go io.Copy(io.Discard, h.ctrl)
+				drip = func(b []byte) error { _, err := h.ctrl.Write(b); return err }
+				bound = grace + 2*time.Second
+			}
 			go func() {
 				defer close(dripped)
-				var drip func([]byte) error
-				if level == "tcp" {
-					// The control stream is yamux stream 1; write its data
-					// frame by hand, under the session's nose (which writes
-					// nothing as long as nothing reads).
-					frame = append(yamuxHeader(0, 0, 1, uint32(len(frame))), frame...)
-					drip = func(b []byte) error { _, err := h.nc.Write(b); return err }
-				} else {
-					go io.Copy(io.Discard, h.ctrl) // read and ignore the probes
-					drip = func(b []byte) error { _, err := h.ctrl.Write(b); return err }
-				}
 				for _, b := range frame {
 					if drip([]byte{b}) != nil {
 						return
@@ -177,22 +185,42 @@ func TestHostileTrickleAfterHandshake(t *testing.T) {
 					}
 				}
 			}()
-			bound := lc.HangAfter + 2*time.Second
 			select {
 			case <-hv.Done():
 				t.Logf("trickling peer evicted after %v: %v", time.Since(t0), hv.Err())
-				if !errors.Is(hv.Err(), rpc.ErrDeadReference) || !errors.Is(hv.Err(), liveness.ErrMissedHeartbeats) {
-					t.Errorf("evicted with %v, want missed heartbeats", hv.Err())
+				want, why := liveness.ErrMissedHeartbeats, "missed heartbeats"
+				if level == "yamux" {
+					want, why = rpc.ErrProtocolViolation, "a protocol violation"
+				}
+				if !errors.Is(hv.Err(), rpc.ErrDeadReference) || !errors.Is(hv.Err(), want) {
+					t.Errorf("evicted with %v, want %s", hv.Err(), why)
+				}
+				if level == "yamux" && !strings.Contains(hv.Err().Error(), "trickles") {
+					t.Errorf("evicted with %v, want it to say the peer trickles", hv.Err())
 				}
 			case <-time.After(bound):
 				st := hv.Conn().Stats()
-				t.Errorf("a peer that drips one byte a second (%s level) and answers no probe is still connected after %v "+
-					"(hang bound %v; %d bytes received; monitor: %+v): the drip counts as life",
-					level, bound, lc.HangAfter, st.BytesReceived, r.v.Peers().Monitor().Stats())
+				t.Errorf("a peer that drips one byte a second (%s level) is still connected after %v "+
+					"(hang bound %v, handshake timeout %v; %d bytes received; monitor: %+v)",
+					level, bound, lc.HangAfter, grace, st.BytesReceived, r.v.Peers().Monitor().Stats())
 			}
 			r.gWorks(t)
 		})
 	}
+}
+
+// mutedConn drops what is written to it once muted, as a process that has
+// stopped writing: writes to its Conn go through.
+type mutedConn struct {
+	net.Conn
+	muted atomic.Bool
+}
+
+func (m *mutedConn) Write(p []byte) (int, error) {
+	if m.muted.Load() {
+		return len(p), nil
+	}
+	return m.Conn.Write(p)
 }
 
 // A peer from another protocol version is refused with a hello that names
@@ -200,10 +228,10 @@ func TestHostileTrickleAfterHandshake(t *testing.T) {
 func TestHostileWrongProtocolVersion(t *testing.T) {
 	r := newRig(t, rpc.Config{})
 	nc := dialRaw(t, r.v.Addr().String())
-	nc.Write(encodeHello(2, 0, 1<<20, 16, "from-the-future"))
+	nc.Write(encodeHello(rpc.ProtocolVersion+1, 0, 1<<20, 16, "from-the-future"))
 	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	refusal, err := readHello(nc)
-	if err != nil || refusal.status != 1 || !strings.Contains(refusal.id, "version 2") || !strings.Contains(refusal.id, "speaks 1") {
+	if err != nil || refusal.status != 1 || !strings.Contains(refusal.id, fmt.Sprintf("version %d", rpc.ProtocolVersion+1)) || !strings.Contains(refusal.id, fmt.Sprintf("speaks %d", rpc.ProtocolVersion)) {
 		t.Fatalf("refusal %+v, %v", refusal, err)
 	}
 	readEOF(t, nc, 5*time.Second)
@@ -224,7 +252,7 @@ func TestHostileWrongProtocolVersion(t *testing.T) {
 		}
 		defer c.Close()
 		readHello(c)
-		c.Write(encodeHello(2, 0, 1<<20, 16, "future-acceptor"))
+		c.Write(encodeHello(rpc.ProtocolVersion+1, 0, 1<<20, 16, "future-acceptor"))
 		io.Copy(io.Discard, c)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -261,7 +289,7 @@ func TestHostileSpoofedIDUnderTLS(t *testing.T) {
 	if err := hc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	hc.Write(encodeHello(1, 0, 1<<20, 16, string(b.ID())))
+	hc.Write(encodeHello(rpc.ProtocolVersion, 0, 1<<20, 16, string(b.ID())))
 	refusal, err := readHello(hc)
 	if err != nil || refusal.status != 1 || !strings.Contains(refusal.id, "claims ID") || !strings.Contains(refusal.id, "certificate is that of") {
 		t.Fatalf("spoofed ID: refusal %+v, %v", refusal, err)
@@ -308,7 +336,7 @@ func TestHostileHalfFrameDuringHandshake(t *testing.T) {
 	halfFrame := func() (net.Conn, error) {
 		nc := dialRaw(t, r.v.Addr().String())
 		nc.SetDeadline(time.Now().Add(5 * time.Second))
-		nc.Write(encodeHello(1, 0, 1<<20, 16, "half"))
+		nc.Write(encodeHello(rpc.ProtocolVersion, 0, 1<<20, 16, "half"))
 		if _, err := readHello(nc); err != nil {
 			return nil, err
 		}

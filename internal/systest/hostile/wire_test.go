@@ -21,8 +21,6 @@ const (
 	kindResponse   = 2
 	kindError      = 3
 	kindCancel     = 4
-	kindPing       = 5
-	kindPong       = 6
 	kindGoAway     = 7
 	kindStreamOpen = 8
 )
@@ -139,7 +137,7 @@ type rawPeer struct {
 func connectRaw(t testing.TB, nc net.Conn, id string) *rawPeer {
 	t.Helper()
 	nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := nc.Write(encodeHello(1, 0, 4<<20, 1024, id)); err != nil {
+	if _, err := nc.Write(encodeHello(rpc.ProtocolVersion, 0, 4<<20, 1024, id)); err != nil {
 		t.Fatal(err)
 	}
 	h, err := readHello(nc)
@@ -162,20 +160,16 @@ func connectRaw(t testing.TB, nc net.Conn, id string) *rawPeer {
 	return &rawPeer{id: id, nc: nc, sess: sess, ctrl: ctrl}
 }
 
-// answerPings reads the control stream until it ends, in a goroutine of
-// its own: it answers the victim's pings (so liveness sees a live peer) and
-// hands every other frame to other.
-func (h *rawPeer) answerPings(other func(frameMsg)) {
+// readFrames reads the control stream until it ends, in a goroutine of
+// its own, and hands every frame to other. (The victim's probes are yamux
+// pings: the raw peer's yamux answers them, so liveness sees a live peer.)
+func (h *rawPeer) readFrames(other func(frameMsg)) {
 	go func() {
 		br := bufio.NewReader(h.ctrl)
 		for {
 			f, err := readFrame(br)
 			if err != nil {
 				return
-			}
-			if f.kind == kindPing {
-				h.ctrl.Write(encodeFrame(kindPong, f.id, nil))
-				continue
 			}
 			other(f)
 		}

@@ -285,6 +285,12 @@ func (s *Stream) interrupt() {
 		s.c.stats.cancelsSent.Add(1)
 		s.c.enqueue(outFrame{kind: kindCancel, id: s.id}, true)
 	}
+	if s.c.closed.Load() {
+		// The connection died: the transport's reset ends the stream on
+		// the other side. A FIN sent now could get there first, and read
+		// as a clean end (io.EOF) rather than the death it is.
+		return
+	}
 	s.ys.Close()
 }
 
@@ -338,7 +344,12 @@ const maxStreamFrame = 64 << 10
 
 // CloseWrite closes the writing side: the peer reads io.EOF after what was
 // written. Reading goes on.
-func (s *Stream) CloseWrite() error { return s.mapErr(s.ys.Close()) }
+func (s *Stream) CloseWrite() error {
+	if s.c.closed.Load() {
+		return s.c.deadErr()
+	}
+	return s.mapErr(s.ys.Close())
+}
 
 // Close ends the stream. On the opening side, closing a stream whose peer
 // has not finished also cancels the handler's context.
@@ -358,6 +369,9 @@ func (s *Stream) Close() error {
 	}
 	s.c.wire.win.forget(s.ys.StreamID())
 	s.answered()
+	if s.c.closed.Load() {
+		return nil // see interrupt
+	}
 	return s.mapErr(s.ys.Close())
 }
 

@@ -296,6 +296,12 @@ func writeFloors(r *scale.Result) {
 		return
 	}
 	check(r.IdleLost == 0, "no false eviction while idle: %d", r.IdleLost)
+	check(r.CPUCore <= 0.10, "idle node CPU at most 10%% of a core: %.1f%%", 100*r.CPUCore)
+	check(r.BytesPerPeer <= 20<<10, "heap and stacks at most 20 KiB a peer: %.1f KiB", r.BytesPerPeer/1024)
+	check(r.GoroutinesPerPeer <= 3, "at most 3 goroutines a peer: %.2f", r.GoroutinesPerPeer)
+	if r.DetectCount > 0 {
+		check(r.DetectMaxMS <= 2000, "an idle silenced peer noticed within 2 s: the last of %d after %.0f ms", r.DetectCount, r.DetectMaxMS)
+	}
 	if r.MassSilenced == 0 {
 		return
 	}

@@ -30,8 +30,8 @@ type bounds struct {
 
 var generous = bounds{
 	connect:    10 * time.Second,
-	cpu:        0.10, // 2% measured at 2,000 peers; the floor is 10% at 10,000
-	kib:        32,   // 26 KiB measured at 2,000 peers
+	cpu:        0.10, // 1-2% measured at 2,000 peers; the floor is 10% at 10,000
+	kib:        24,   // 19 KiB measured at 2,000 peers; the floor is 20 at 10,000 (17 measured)
 	goroutines: 3,    // the floor; 2.00 measured
 	detect:     2 * time.Second,
 	mass:       2 * time.Second,

@@ -189,12 +189,18 @@ func (cr *ctrlReader) readFrame(hbuf []byte, maxPayload int, grace time.Duration
 			cr.src.SetReadDeadline(time.Time{})
 		}
 	}()
-	// wait sets the frame's deadline before a read that may block: one
-	// that asks for more than is buffered.
+	// wait sets the frame's deadline, for a frame of length bytes so far
+	// as its header tells, before a read that may block: one that asks
+	// for more than is buffered.
 	wait := func(length uint32, want int) {
-		if due.IsZero() && cr.w-cr.r < want {
+		if cr.w-cr.r >= want {
+			return
+		}
+		if began.IsZero() {
 			began = time.Now()
-			due = began.Add(grace + time.Duration(length)*time.Second/minFrameRate)
+		}
+		if d := began.Add(grace + time.Duration(length)*time.Second/minFrameRate); !d.Equal(due) {
+			due = d
 			cr.src.SetReadDeadline(due)
 		}
 	}

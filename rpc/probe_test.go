@@ -3,7 +3,6 @@ package rpc
 import (
 	"context"
 	"encoding/binary"
-	"sync"
 	"testing"
 	"time"
 )
@@ -52,27 +51,22 @@ func TestProbesLeaveTheControlStreamAlone(t *testing.T) {
 	})
 }
 
-// Many probes in flight at once are each answered once, with their own
-// round trip, however the answers batch in the transport's reads.
+// Many probes in flight at once are all answered, however the answers
+// batch in the transport's reads, and none is left awaiting one.
 func TestConcurrentProbes(t *testing.T) {
 	c, _ := pair(t, "tcp", nil, nil)
 	const n = maxProbes
-	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for range n {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_, err := c.Ping(ctx)
 			errs <- err
 		}()
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
+	for range n {
+		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}

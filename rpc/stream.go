@@ -285,13 +285,18 @@ func (s *Stream) interrupt() {
 		s.c.stats.cancelsSent.Add(1)
 		s.c.enqueue(outFrame{kind: kindCancel, id: s.id}, true)
 	}
+	s.fin()
+}
+
+// fin half-closes the yamux stream with a FIN, unless the connection is
+// dead (then it returns the death and sends nothing): the transport's
+// reset ends the stream on the other side, and a FIN sent now could get
+// there first and read as a clean end (io.EOF) rather than the death it is.
+func (s *Stream) fin() error {
 	if s.c.closed.Load() {
-		// The connection died: the transport's reset ends the stream on
-		// the other side. A FIN sent now could get there first, and read
-		// as a clean end (io.EOF) rather than the death it is.
-		return
+		return s.c.deadErr()
 	}
-	s.ys.Close()
+	return s.mapErr(s.ys.Close())
 }
 
 // Read reads from the stream. It returns io.EOF once the peer has closed its
@@ -344,12 +349,7 @@ const maxStreamFrame = 64 << 10
 
 // CloseWrite closes the writing side: the peer reads io.EOF after what was
 // written. Reading goes on.
-func (s *Stream) CloseWrite() error {
-	if s.c.closed.Load() {
-		return s.c.deadErr()
-	}
-	return s.mapErr(s.ys.Close())
-}
+func (s *Stream) CloseWrite() error { return s.fin() }
 
 // Close ends the stream. On the opening side, closing a stream whose peer
 // has not finished also cancels the handler's context.
@@ -370,9 +370,9 @@ func (s *Stream) Close() error {
 	s.c.wire.win.forget(s.ys.StreamID())
 	s.answered()
 	if s.c.closed.Load() {
-		return nil // see interrupt
+		return nil // closing a stream of a dead connection is no error (see fin)
 	}
-	return s.mapErr(s.ys.Close())
+	return s.fin()
 }
 
 // SetDeadline sets the read and write deadlines, as net.Conn's.

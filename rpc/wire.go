@@ -191,10 +191,10 @@ func (w *wireConn) Write(p []byte) (int, error) {
 // notes them (Conn.readLoop).
 const progressBytes = 4 << 10
 
-// sendFrame writes a frame of the transport's own (a window update) between
-// yamux's frames. A data frame's header held back for coalescing has not
-// been written yet, so the transport is at a frame boundary whenever the
-// write lock is free.
+// sendFrame writes a frame of the transport's own (a window update, a
+// probe) between yamux's frames. A data frame's header held back for
+// coalescing has not been written yet, so the transport is at a frame
+// boundary whenever the write lock is free.
 func (w *wireConn) sendFrame(hdr []byte) error {
 	w.lastSend.Store(nanotime())
 	_, err := w.write(hdr)
@@ -245,10 +245,10 @@ func (w *wireConn) transportErr() error {
 }
 
 // frameScanner follows yamux's frame boundaries in the bytes read from the
-// transport, to see the answers to our probes, and to see the peer open a
-// stream (a SYN) before yamux queues it for Accept. That lets a connection run no goroutine in Accept while no
-// stream is opened, which is nearly always: an idle connection costs the
-// goroutines yamux needs and one reader, no more. Garbage makes it count
+// transport, to take the answers to our probes, and to see the peer open a
+// stream (a SYN) before yamux queues it for Accept. That lets a connection
+// run no goroutine in Accept while no stream is opened, which is nearly
+// always: an idle connection costs the goroutines yamux needs, no more. Garbage makes it count
 // nonsense only until yamux, reading the same bytes, kills the session.
 type frameScanner struct {
 	hdr  [yamuxHeaderSize]byte

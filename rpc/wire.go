@@ -127,6 +127,9 @@ func (w *wireConn) tell(f *atomic.Pointer[func()]) {
 }
 
 func (w *wireConn) pong(nonce uint32) {
+	// The answer is evidence of life: record it before the prober learns
+	// of it, so whoever a probe wakes sees LastReceived already moved.
+	w.lastRecv.Store(nanotime())
 	if fn := w.onPong.Load(); fn != nil {
 		(*fn)(nonce)
 	}

@@ -67,7 +67,7 @@
 // idle peer due for a probe takes the next free slot, 1/budget after the
 // last one handed out, and is probed when its slot comes, so N such peers
 // are each probed about every max(Interval, N/budget). Measured again:
-// 12% of a core (the probes, and a look at each waiting peer every
+// 8.3% of a core (the probes, and a look at each waiting peer every
 // second). A silent idle peer without kernel evidence is then noticed
 // within about max(Interval, N/budget) + DeadAfter: 1.75 s up to 500 such
 // peers, as before; 6.5 s at 10,000 (measured 1.2-5.0 s, p50 3.5 s). Nothing
@@ -80,6 +80,12 @@
 // evidence are not counted against the budget. Slots are handed out
 // first come, first served, and unused ones are not saved up, so the
 // budget is never exceeded in a burst.
+//
+// A probe itself is a yamux ping (package rpc): the peer's session reader
+// answers it, so it wakes neither side's control-stream reader nor any
+// handler, and it costs about 20 µs of CPU a round trip where a frame on
+// the control stream cost 28-35 µs (measured with 2,000 peers probed with
+// no bound: 16-17% of a core against 22-28%).
 //
 // The rest of an idle connection's cost is in package rpc: its control
 // stream's reader parks after a second of quiet and the stream acceptor

@@ -1,6 +1,8 @@
 package partition
 
 import (
+	"github.com/tetherrpc/tether/internal/systool"
+
 	"errors"
 	"fmt"
 	"os"
@@ -90,20 +92,8 @@ func effectiveCaps() (uint64, error) {
 	return 0, errors.New("no CapEff line in /proc/self/status")
 }
 
-// findTool finds a program on PATH or, since root's tools often live there
-// and PATH may lack them, in the sbin directories.
-func findTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := dir + "/" + name
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH or in /usr/sbin, /sbin", name)
-}
+// findTool finds a program on PATH or in the sbin directories.
+var findTool = systool.Find
 
 // run runs a program and returns a *CommandError if it fails.
 func run(path string, args ...string) error {

@@ -1,6 +1,8 @@
 package scale
 
 import (
+	"github.com/tetherrpc/tether/internal/systool"
+
 	"bytes"
 	"errors"
 	"fmt"
@@ -113,17 +115,7 @@ func TuneNamespace() error {
 }
 
 // tool finds a program on PATH or in the sbin directories.
-func tool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		if fi, err := os.Stat(dir + "/" + name); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return dir + "/" + name, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH or in /usr/sbin, /sbin", name)
-}
+var tool = systool.Find
 
 // backlogDrops returns the packets the kernel has dropped because a
 // CPU's input backlog was full (net.core.netdev_max_backlog), summed over

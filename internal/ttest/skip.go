@@ -1,9 +1,9 @@
 package ttest
 
 import (
-	"fmt"
+	"github.com/tetherrpc/tether/internal/systool"
+
 	"os"
-	"os/exec"
 	"runtime"
 	"testing"
 
@@ -31,17 +31,7 @@ func NeedRoot(t testing.TB) {
 
 // Tool returns the path of a program, found on PATH or, since root's
 // tools often live there and PATH may lack them, in the sbin directories.
-func Tool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p, err := exec.LookPath(dir + "/" + name); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH or in /usr/sbin, /sbin", name)
-}
+func Tool(name string) (string, error) { return systool.Find(name) }
 
 // NeedTool skips t unless the program name can be found (see Tool), and
 // returns its path.

@@ -50,6 +50,7 @@ type Conn struct {
 	closed     atomic.Bool
 	leaving    atomic.Pointer[error] // Leave is saying goodbye: the end that follows is ours
 	done       chan struct{}
+	halted     chan struct{} // closed once death has stopped every goroutine's start
 	resumed    chan struct{} // closed when the connection may serve
 	resumeOnce sync.Once
 	afterFns   []*afterFn // what the connection's Context runs at death (see connCtx)
@@ -117,6 +118,7 @@ func newConn(cfg *Config, w *wireConn, sess *yamux.Session, ctrl *yamux.Stream, 
 		sess:     sess,
 		ctrl:     ctrl,
 		done:     make(chan struct{}),
+		halted:   make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		resumed:  make(chan struct{}),
 	}
@@ -296,6 +298,7 @@ func (c *Conn) abort(cause error, reset bool) int {
 	c.wire.win.close()
 	c.stopAccepting()
 	c.stopReader()
+	close(c.halted) // (the writer stopped with wclosed)
 	// Interrupt the reader's wait now: yamux's Stream.Read spins between
 	// the session's shutdown and the closing of its streams, which with
 	// thousands of connections aborted at once (a mass failure) takes the
@@ -357,6 +360,9 @@ func (c *Conn) Leave(cause error) error {
 	}
 	c.abort(cause, false) // a reset could overtake the goodbye
 	c.resume()            // goroutines held paused must run to end
+	// Another death may be under way (abort returned at once): no
+	// goroutine may start once the wait begins.
+	<-c.halted
 	c.wg.Wait()
 	return nil
 }

@@ -96,3 +96,34 @@ func TestProbesDoNotHoldTheReader(t *testing.T) {
 	close(stop)
 	<-probing
 }
+
+// Close during a death another goroutine began waits for that death to
+// finish: frames arriving meanwhile may start the parked reader, and no
+// goroutine of the connection's may start, or still run, once Close
+// returns (under -race a start racing Close's wait is reported).
+func TestCloseDuringAnotherDeath(t *testing.T) {
+	c, s := pair(t, "tcp", nil, nil)
+	waitParked(t, s)
+	dying, release := make(chan struct{}), make(chan struct{})
+	connCtx{s}.AfterFunc(func() { close(dying); <-release }) // on the dying goroutine
+	go s.Abort(errors.New("missed heartbeats"))
+	<-dying
+	before := s.wire.ctrlIn.Load()
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	called := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		called <- c.Call(ctx, "echo", nil, nil)
+	}()
+	waitFor(t, func() bool { return s.wire.ctrlIn.Load() > before }, "the call's frame to reach the dying end")
+	select {
+	case <-closed:
+		t.Fatal("Close returned while the connection was still dying")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	within(t, 5*time.Second, closed, "Close")
+	within(t, 5*time.Second, called, "the call")
+}

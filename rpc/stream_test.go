@@ -160,14 +160,26 @@ func TestStreamDeadline(t *testing.T) {
 	}
 }
 
+// A connection's death ends its streams: the caller's Read and Write fail
+// with ErrDeadReference and the running handler is cancelled. (The abort
+// waits for the handler to run: a connection that dies as the stream opens
+// may never start it, as the server's answer can fail once the peer reset.)
 func TestStreamDiesWithConn(t *testing.T) {
-	cancelled := make(chan error, 1)
-	c, _ := pair(t, "tcp", nil, &Config{Mux: streamMux(cancelled)})
+	started, cancelled := make(chan struct{}, 1), make(chan error, 1)
+	m := NewMux()
+	m.HandleStream("wait", StreamFunc(func(ctx context.Context, s *Stream) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		cancelled <- ctx.Err()
+		return ctx.Err()
+	}))
+	c, _ := pair(t, "tcp", nil, &Config{Mux: m})
 	st, err := c.OpenStream(context.Background(), "wait")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	within(t, 5*time.Second, started, "handler start")
 	readErr := make(chan error, 1)
 	go func() {
 		_, err := st.Read(make([]byte, 1))
@@ -180,7 +192,9 @@ func TestStreamDiesWithConn(t *testing.T) {
 	if _, err := st.Write([]byte("x")); !errors.Is(err, ErrDeadReference) {
 		t.Fatalf("Write on a dead connection: %v", err)
 	}
-	within(t, 5*time.Second, cancelled, "handler")
+	if err := within(t, 5*time.Second, cancelled, "handler cancellation"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("handler's context ended with %v", err)
+	}
 }
 
 func TestStreamAwaitingAnAnswerCountsAsOutstanding(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/tetherrpc/tether/internal/ttest"
 	"github.com/tetherrpc/tether/peer"
 	"github.com/tetherrpc/tether/rpc"
 )
@@ -69,10 +70,10 @@ func TestPutLeaveGet(t *testing.T) {
 		// kept, the registry counts the kept address as reachable only
 		// after the keeper's next attempt (about 100 ms later), and tells
 		// no event of it: so this one wait polls.
-		eventually(t, "storage nodes to reach each other", func() bool {
+		ttest.WaitFor(t, 10*time.Second, func() bool {
 			kept, live := s.node.Peers().KeptReachable()
 			return kept == 2 && live == 2
-		})
+		}, "storage nodes to reach each other")
 	}
 
 	var report syncBuffer
@@ -214,22 +215,6 @@ func keys(st *store) int {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return len(st.shares)
-}
-
-// eventually waits for cond, checking it every few milliseconds: for
-// states no event announces.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(10 * time.Second)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
 }
 
 func checkHealth(t *testing.T, url string, code int, reason string) {

@@ -15,8 +15,10 @@ import (
 // segments to acknowledge. Then the kernel decides (Linux, TCP):
 //
 //   - segments in flight and no TCP acknowledgement at all for longer than
-//     the kernel's own RTO estimate (StallBound on a link that lately
-//     needed retries): a silent partition. Dead at once.
+//     the kernel's round-trip estimate allows (while a bulk transfer fills
+//     the window, its retransmission timeout and the retransmission's round
+//     trip; StallBound on a link that lately needed retries): a silent
+//     partition. Dead at once.
 //   - acknowledgements but no answer: the link is lossy (a retransmission
 //     stalls the stream) or the peer process hangs. Dead after HangAfter
 //     without an answer, a bound longer than a lossy link's stalls.
@@ -46,8 +48,8 @@ type Config struct {
 	// StallBound: on a link that lately needed retries to get an answer
 	// (loss, congestion, pauses), the kernel must see no acknowledgement for
 	// this long before the peer is deemed silent; on a clean link, the
-	// kernel's own RTO estimate, clamped to [MinTimeout, MaxTimeout], is
-	// enough.
+	// kernel's own round-trip estimate (see Config), clamped to
+	// [MinTimeout, MaxTimeout], is enough.
 	StallBound time.Duration
 	// HangAfter is how long a peer may go without answering while its
 	// kernel still acknowledges: then its process is deemed hung. It is

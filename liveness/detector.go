@@ -191,12 +191,27 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, k
 // silent reports whether the kernel's evidence shows a silent partition:
 // segments in flight, fresh probes among them (a round of at least
 // MinTimeout), and no acknowledgement at all for longer than a live path
-// allows. How long that is comes from the
-// kernel's own round-trip estimate, and is StallBound on a link that has
-// lately needed retries (loss, congestion, pauses), whose live stalls are
-// longer.
+// allows. How long that is comes from the kernel's own estimates:
+//
+//   - our probes go out as fresh segments, which a live kernel acknowledges
+//     within its round trip (RTT + 4·RTTVar), at once by a duplicate ACK
+//     if an earlier segment was lost;
+//   - but while the kernel holds back data (Unsent: a bulk transfer filling
+//     the peer's window or the congestion window), the probes wait behind
+//     it and the ACKs come on the kernel's clock: after a lost tail, only
+//     once its retransmission timeout (RTT + 4·RTTVar, the variance term at
+//     least kernelMinRTO) fires and the retransmission makes its round
+//     trip. (A queue that holds the round trip steady drives RTTVar under
+//     a millisecond: under the first bound, an ACK 356 ms after one with a
+//     round trip of 331 ms convicted a live peer.)
+//   - StallBound on a link that has lately needed retries (loss,
+//     congestion, pauses), whose live stalls are longer.
 func (d *detector) silent(cfg *Config, now time.Time, waited time.Duration, ki KernelInfo) bool {
-	bound := min(max(ki.RTT+4*ki.RTTVar, cfg.MinTimeout), cfg.MaxTimeout)
+	bound := ki.RTT + 4*ki.RTTVar
+	if ki.Unsent > 0 {
+		bound = max(bound, ki.RTT+max(4*ki.RTTVar, kernelMinRTO)+ki.RTT)
+	}
+	bound = min(max(bound, cfg.MinTimeout), cfg.MaxTimeout)
 	if !d.stalledAt.IsZero() && now.Sub(d.stalledAt) < stallMemory {
 		bound = max(bound, cfg.StallBound)
 	}
@@ -274,6 +289,10 @@ func (d *detector) startRound(s *step, now time.Time) {
 	d.probing, d.probes = now, 0
 	d.sendProbe(s, now)
 }
+
+// kernelMinRTO is Linux's floor on the variance term of its
+// retransmission timeout (TCP_RTO_MIN).
+const kernelMinRTO = 200 * time.Millisecond
 
 // ackGranularity covers the kernel's millisecond (and jiffy) rounding of
 // tcpi_last_ack_recv.

@@ -171,6 +171,34 @@ func TestLossyLinkIsNotSilent(t *testing.T) {
 	}
 }
 
+// A bulk transfer over a slow link holds the round trip steady in the
+// queue (RTTVar under a millisecond) and spaces ACKs a little beyond it,
+// with our probes waiting behind data the kernel holds back: not silent.
+// The kernel itself waits its retransmission timeout (RTT plus at least
+// 200 ms) and the retransmission's round trip before it knows more; a link
+// quiet that long is silent. Without data held back, our probes go out
+// and the round trip is the bound.
+func TestSteadyQueueIsNotSilent(t *testing.T) {
+	cfg := LAN()
+	d := detector{probes: silentProbes}
+	now := t0.Add(time.Minute)
+	ki := KernelInfo{RTT: 331 * time.Millisecond, RTTVar: 755 * time.Microsecond, Unacked: 52, Unsent: 1 << 20}
+	for _, gap := range []time.Duration{356 * time.Millisecond, 800 * time.Millisecond} {
+		ki.LastAckRecv = gap
+		if d.silent(&cfg, now, 2*time.Second, ki) {
+			t.Fatalf("RTT %v, RTTVar %v, data held back: an ACK gap of %v taken for a silent partition", ki.RTT, ki.RTTVar, gap)
+		}
+	}
+	ki.LastAckRecv = 2*ki.RTT + kernelMinRTO + ackGranularity
+	if !d.silent(&cfg, now, 2*time.Second, ki) {
+		t.Fatalf("RTT %v: no ACK for %v, past the kernel's RTO and a round trip, not taken for silence", ki.RTT, ki.LastAckRecv)
+	}
+	ki.Unsent, ki.LastAckRecv = 0, 356*time.Millisecond
+	if !d.silent(&cfg, now, 2*time.Second, ki) {
+		t.Fatalf("RTT %v, nothing held back: no ACK to our probes for %v not taken for silence", ki.RTT, ki.LastAckRecv)
+	}
+}
+
 // A hung process: its kernel acknowledges, it never answers. With our calls
 // outstanding it is probed while quiet and convicted after HangAfter.
 func TestHungPeer(t *testing.T) {

@@ -12,6 +12,7 @@ type KernelInfo struct {
 	LastAckRecv  time.Duration // since the peer's kernel last acknowledged anything
 	LastDataRecv time.Duration // since data last arrived from the peer
 	Unacked      int           // segments sent and not yet acknowledged
+	Unsent       int           // bytes queued to send that the kernel holds back (the peer's window or congestion)
 	Retransmits  int           // consecutive retransmissions of the oldest segment
 	RTT, RTTVar  time.Duration // the kernel's own estimate
 }

@@ -27,6 +27,7 @@ func readTCPInfo(c *net.TCPConn) (KernelInfo, bool) {
 		LastAckRecv:  time.Duration(ti.Last_ack_recv) * time.Millisecond,
 		LastDataRecv: time.Duration(ti.Last_data_recv) * time.Millisecond,
 		Unacked:      int(ti.Unacked),
+		Unsent:       int(ti.Notsent_bytes),
 		Retransmits:  int(ti.Retransmits),
 		RTT:          time.Duration(ti.Rtt) * time.Microsecond,
 		RTTVar:       time.Duration(ti.Rttvar) * time.Microsecond,

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,7 +124,13 @@ func (r *soakRig) soak(t *testing.T, what string, extra func(ctx context.Context
 	d := r.ev.Next(t, peer.Disconnected, 10*time.Second)
 	took := time.Since(t0)
 	t.Logf("%s: a real silent partition was noticed after %v (%v)", what, took, d.Cause)
-	if !errors.Is(d.Cause, liveness.ErrMissedHeartbeats) || took > 2*time.Second {
+	// The kernel may end the connection first (ETIMEDOUT, seen twice in
+	// 112 runs of the slow link under load): TCP_USER_TIMEOUT (HangAfter)
+	// counts from the kernel's first retransmission not yet made good,
+	// which on a link kept in loss recovery, as this queue keeps it, can be
+	// seconds old at the cut. Noticed all the same, by the kernel.
+	noticed := errors.Is(d.Cause, liveness.ErrMissedHeartbeats) || errors.Is(d.Cause, syscall.ETIMEDOUT)
+	if !noticed || took > 2*time.Second {
 		t.Fatalf("%s: partition noticed after %v with cause %v; floor 2s", what, took, d.Cause)
 	}
 }

@@ -54,8 +54,10 @@ import (
 //     peer is evicted before the hang bound;
 //   - each silent fault (two-way or one-way partition, lost connection) is
 //     detected on every connection it cuts: p99 within 1 s, or 2 s for
-//     faults made while another was active or on a link congested lately
-//     (where liveness waits StallBound by design);
+//     faults made while another was active, on a link congested lately
+//     (where liveness waits StallBound by design), on a reference with no
+//     call outstanding (the idle floor), or one-way (the side that stops
+//     hearing is often a server, whose reference is idle);
 //   - a healed server is reconnected within the backoff bound (Keep, with
 //     peer.DefaultBackOff: 1.5 x min(10 s, twice the outage) + a dial
 //     timeout of 5 s + 1 s), and a kept peer is not reconnected without a

@@ -96,10 +96,13 @@ func (c *chaos) report() {
 	defer c.mu.Unlock()
 
 	// Detection: every silent fault, on every connection it cut. One-way
-	// partitions are counted apart, and held to the same 1 s at p99: the
-	// side that no longer hears its peer notices as in a two-way partition,
-	// and its eviction resets the connection, which tells the other side
-	// at once (see TestOneWayPartitionDetection).
+	// partitions are counted apart, and held to 2 s at p99: the side that
+	// no longer hears its peer notices as in a two-way partition, and its
+	// eviction resets the connection, which tells the other side at once
+	// (see TestOneWayPartitionDetection); but that side is often a server,
+	// whose reference to a client that only calls it is idle (the 2 s
+	// floor), and the client, which still hears the server's probes, waits
+	// for its reset.
 	var alone, concurrent, oneWay, stalled, idle []time.Duration
 	missed := 0
 	for _, d := range c.detects {
@@ -150,8 +153,8 @@ func (c *chaos) report() {
 				d.node, c.nameOf(d.ref.ID(), d.ref), d.took.Round(time.Millisecond), d.ref.Err())
 		}
 	}
-	if p := durQ(oneWay, .99); p > time.Second {
-		c.violations = append(c.violations, fmt.Sprintf("p99 detection of one-way partitions %v > 1s (%d detections)", p, len(oneWay)))
+	if p := durQ(oneWay, .99); p > 2*time.Second {
+		c.violations = append(c.violations, fmt.Sprintf("p99 detection of one-way partitions %v > 2s (%d detections)", p, len(oneWay)))
 	}
 	if p := durQ(alone, .99); p > time.Second {
 		c.violations = append(c.violations, fmt.Sprintf("p99 detection of silent partitions %v > 1s (%d detections)", p, len(alone)))

@@ -209,7 +209,8 @@ func (d *detector) check(cfg *Config, now, due, lastRecv time.Time, busy bool, k
 func (d *detector) silent(cfg *Config, now time.Time, waited time.Duration, ki KernelInfo) bool {
 	bound := ki.RTT + 4*ki.RTTVar
 	if ki.Unsent > 0 {
-		bound = max(bound, ki.RTT+max(4*ki.RTTVar, kernelMinRTO)+ki.RTT)
+		rto := ki.RTT + max(4*ki.RTTVar, kernelMinRTO)
+		bound = max(bound, rto+ki.RTT)
 	}
 	bound = min(max(bound, cfg.MinTimeout), cfg.MaxTimeout)
 	if !d.stalledAt.IsZero() && now.Sub(d.stalledAt) < stallMemory {

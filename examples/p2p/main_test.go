@@ -117,9 +117,9 @@ func TestLeave(t *testing.T) {
 		}, n.name+" to let B go")
 		// The line comes with the event of B's current connection, which
 		// may follow the registry's state (and, when a connection replaced
-		// at start was still retiring, that connection's event).
-		ttest.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(n.out.String(), "left") },
-			"node "+n.name+" to say B left")
+		// at start was still retiring, that connection's event). It is
+		// printed before the event is told, so the wait needs no polling.
+		n.waitFor(t, "node "+n.name+" to say B left", func([]note) bool { return strings.Contains(n.out.String(), "left") })
 	}
 	m := c.g.say("C, B gone")
 	a.message(t, m.ID)
